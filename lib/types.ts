@@ -1,0 +1,44 @@
+/** Public data shapes shared by every module (see shared/spec/api.md). */
+
+/** What a snapshot is: a writable `active`, a read-only `view`, or an immutable `committed` layer. */
+export type Kind = 'view' | 'active' | 'committed';
+
+/** Metadata of one snapshot, as returned by `stat`, `update` and `walk`. */
+export interface Info {
+  /** What the snapshot is. */
+  kind: Kind;
+  /** The key (active or view) or name (committed). */
+  name: string;
+  /** Name of the committed parent; absent when the snapshot has none. */
+  parent?: string;
+  /** Labels; always present, `{}` when there are none. */
+  labels: Record<string, string>;
+  /** When the snapshot (or, for a committed one, the commit) was made. */
+  created: Date;
+  /** When the snapshot was last changed by `update` (equals `created` until then). */
+  updated: Date;
+}
+
+/** Disk usage of a snapshot: allocated bytes (like `du -s`) and distinct inodes. */
+export interface Usage {
+  size: number;
+  inodes: number;
+}
+
+/** A mount spec, with the same fields as containerd's `mount.Mount`. */
+export interface Mount {
+  /** Filesystem type: `bind` or `overlay`. */
+  type: string;
+  /** Source path for a bind, `overlay` for an overlay. */
+  source: string;
+  /** Optional target; `mountAll` takes the target as an argument instead. */
+  target?: string;
+  /** fstab-style words: flags such as `ro`, `rbind`, and filesystem data such as `lowerdir=...`. */
+  options: string[];
+}
+
+/** Options of `prepare`, `view` and `commit`. */
+export interface SnapshotOptions {
+  /** Labels to set on the new snapshot. A label whose value is `''` is not stored. */
+  labels?: Record<string, string>;
+}
