@@ -1,0 +1,18 @@
+export { Snapshotter, UPPERDIR_LABEL } from './snapshotter.js';
+export type { SnapshotterOptions } from './options.js';
+export type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
+export { mountAll, unmountAll } from './mount/index.js';
+export {
+  SnapshotterError,
+  NotFoundError,
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  UnavailableError,
+  isNotFound,
+  isAlreadyExists,
+  isFailedPrecondition,
+  isInvalidArgument,
+  isUnavailable,
+} from './errors.js';
+export type { ErrorCode } from './errors.js';

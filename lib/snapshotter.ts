@@ -1,0 +1,454 @@
+import { chmodSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import createDebug from 'debug';
+import fse from 'fs-extra';
+import { v4 as uuidv4 } from 'uuid';
+import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './errors.js';
+import { parseFilters } from './filters.js';
+import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
+import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './options.js';
+import {
+  OVERLAYFS_SUPER_MAGIC,
+  TMPFS_MAGIC,
+  filesystemType,
+  inUserNamespace,
+  kernelHasIndexParam,
+  kernelRelease,
+  overlayListed,
+  overlayMountError,
+  supportsDType,
+} from './probe.js';
+import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './specs.js';
+import { type Record_, Store } from './store.js';
+import type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
+import { diskUsage } from './usage.js';
+import { checkKey, checkLabelSize, checkLabels, checkParent, checkSnapshotOptions, setLabel } from './validate.js';
+
+const debug = createDebug('overlay-snapshotter:snapshotter');
+
+/** Label that `upperdirLabel` adds to actives and views. */
+export const UPPERDIR_LABEL = 'containerd.io/snapshot/overlay.upperdir';
+
+/** Prefix of staging dirs under `<root>/snapshots`; they never count as snapshots. */
+const STAGING_PREFIX = 'new-';
+/** Prefix of dirs that cleanup has claimed for deletion. */
+const TRASH_PREFIX = 'rm-';
+const DECIMAL_ID = /^[1-9][0-9]*$/;
+
+function errnoOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * An overlayfs snapshotter with containerd's semantics, keeping its
+ * metadata in SQLite under `<root>/metadata.db` and each snapshot's data in
+ * `<root>/snapshots/<id>/`.
+ *
+ * A snapshot is `active` (writable), a `view` (read-only), or `committed`
+ * (an immutable layer that others can stack on). Keys and names share one
+ * namespace and are plain strings, never paths.
+ *
+ * @example Import a layer
+ * ```ts
+ * const sn = await Snapshotter.open('/var/lib/my-runtime/snapshots');
+ * const mounts = await sn.prepare('extract-layer-1');      // no parent: a bind of an empty dir
+ * await mountAll(mounts, '/tmp/target');
+ * // ... unpack the layer tarball into /tmp/target ...
+ * await unmountAll('/tmp/target');
+ * await sn.commit('layer-1', 'extract-layer-1');           // now an immutable layer
+ * ```
+ *
+ * @example Import the next layer on top of it
+ * ```ts
+ * const mounts = await sn.prepare('extract-layer-2', 'layer-1'); // overlay: lowerdir = layer-1
+ * await mountAll(mounts, '/tmp/target');
+ * // ... unpack the second tarball: deletions become overlay whiteouts ...
+ * await unmountAll('/tmp/target');
+ * await sn.commit('layer-2', 'extract-layer-2');
+ * ```
+ *
+ * @example Run a container on the image
+ * ```ts
+ * const mounts = await sn.prepare('container-1', 'layer-2'); // lowerdir = layer-2:layer-1
+ * await mountAll(mounts, '/run/ctr/rootfs');                 // or hand `mounts` to runc
+ * // ... the container runs; its writes land in its own upper dir ...
+ * await unmountAll('/run/ctr/rootfs');
+ * await sn.remove('container-1');
+ * ```
+ */
+export class Snapshotter {
+  /** The absolute root this snapshotter manages. */
+  readonly root: string;
+  private readonly options: ResolvedOptions;
+  private readonly store: Store;
+  private readonly settings: SpecSettings;
+  private readonly snapshotsDir: string;
+  /** Whether mkdir's mode survives the umask, so that `fs` needs no explicit chmod (hot path). */
+  private readonly umaskClean: boolean;
+  private closed = false;
+
+  private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean) {
+    this.root = root;
+    this.options = options;
+    this.store = store;
+    this.settings = settings;
+    this.snapshotsDir = settings.snapshotsDir;
+    this.umaskClean = umaskClean;
+  }
+
+  /**
+   * Opens the snapshotter at `root`, creating the root (mode 0700) and
+   * `snapshots/` if missing; reopening finds every snapshot as it was.
+   *
+   * @throws InvalidArgumentError for a bad root or option (an unknown
+   *   option is named, with the closest known one).
+   * @throws UnavailableError when the root is on overlayfs, its filesystem
+   *   lacks d_type, overlay is missing from the kernel, the root cannot be
+   *   created or written, or the metadata store is damaged.
+   */
+  static async open(root: string, options?: SnapshotterOptions): Promise<Snapshotter> {
+    if (typeof root !== 'string' || root === '' || root.includes('\0')) {
+      throw new InvalidArgumentError(`Expected root to be a non-empty path, got ${typeof root === 'string' ? q(root) : typeof root}`);
+    }
+    const resolved = resolveOptions(options);
+    const abs = resolve(root);
+    const snapshotsDir = `${abs}/snapshots`;
+    try {
+      mkdirSync(abs, { recursive: true, mode: 0o700 });
+      mkdirSync(snapshotsDir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new UnavailableError(`cannot create snapshotter root ${abs} (${errnoOf(err) ?? String(err)}); choose a writable directory`, { cause: err });
+    }
+    if (!statSync(abs).isDirectory()) throw new UnavailableError(`snapshotter root ${abs} is not a directory; choose a directory`);
+    const fsType = filesystemType(abs);
+    if (fsType === OVERLAYFS_SUPER_MAGIC) {
+      throw new UnavailableError(`snapshotter root ${abs} is on overlayfs, which cannot be an overlay upper layer; choose a root on ext4, xfs or btrfs (e.g. a volume)`);
+    }
+    if (!overlayListed()) {
+      throw new UnavailableError('the kernel has no overlay filesystem (not in /proc/filesystems); load it with `modprobe overlay`');
+    }
+    const store = Store.open(`${abs}/metadata.db`, resolved.busyTimeout);
+    try {
+      await checkRootOnce(store, abs);
+      const userxattr = resolved.userxattr === 'auto' ? inUserNamespace() && fsType !== TMPFS_MAGIC : resolved.userxattr;
+      const settings: SpecSettings = {
+        snapshotsDir,
+        overlayOptions: overlayOptions(resolved.mountOptions, userxattr, kernelHasIndexParam()),
+      };
+      const umask = process.umask();
+      debug('opened %s (options %o, overlay options %o)', abs, resolved, settings.overlayOptions);
+      return new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0);
+    } catch (err) {
+      store.close();
+      throw err;
+    }
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new UnavailableError(`snapshotter at ${this.root} is closed; open it again with Snapshotter.open()`);
+  }
+
+  /**
+   * Returns the metadata of the snapshot `key` (any kind).
+   * @throws NotFoundError when `key` does not exist.
+   */
+  async stat(key: string): Promise<Info> {
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const rec = this.store.record(key);
+    if (rec === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
+    return this.toInfo(rec);
+  }
+
+  /**
+   * Changes the labels of `info.name` and returns the new Info. Without
+   * fieldpaths all labels are replaced by `info.labels`; with `labels.<k>`
+   * paths only those keys are set (or deleted, when absent or '' in
+   * `info.labels`); `labels` replaces them all. Other fields are ignored.
+   * @throws NotFoundError when the snapshot does not exist.
+   * @throws InvalidArgumentError for a fieldpath other than `labels` or
+   *   `labels.<k>`, or a label too large.
+   */
+  async update(info: Partial<Info> & { name: string }, ...fieldpaths: string[]): Promise<Info> {
+    this.ensureOpen();
+    if (typeof info !== 'object' || info === null) throw new InvalidArgumentError('Expected info to be an object with a `name`');
+    const key = checkKey(info.name, 'info.name');
+    const rec = this.store.updateLabels(
+      key,
+      (current) => {
+        for (const path of fieldpaths) {
+          if (typeof path !== 'string' || !(path === 'labels' || (path.startsWith('labels.') && path.length > 7))) {
+            throw new InvalidArgumentError(
+              `cannot update field ${typeof path === 'string' ? q(path) : typeof path} of snapshot ${q(key)}: only "labels" and "labels.<key>" can be updated`,
+            );
+          }
+        }
+        const incoming = checkLabels(info.labels, true);
+        const dropEmpty = (labels: Record<string, string>): Record<string, string> => {
+          const out: Record<string, string> = {};
+          for (const [k, v] of Object.entries(labels)) if (v !== '') setLabel(out, k, v);
+          return out;
+        };
+        if (fieldpaths.length === 0) return dropEmpty(incoming);
+        let next = { ...current };
+        for (const path of fieldpaths) {
+          if (path === 'labels') {
+            next = dropEmpty(incoming);
+            continue;
+          }
+          const k = path.slice('labels.'.length);
+          const v = Object.hasOwn(incoming, k) ? incoming[k]! : '';
+          if (v === '') delete next[k];
+          else {
+            checkLabelSize(k, v);
+            setLabel(next, k, v);
+          }
+        }
+        return next;
+      },
+      Date.now(),
+    );
+    return this.toInfo(rec);
+  }
+
+  /**
+   * Disk usage: walked live for an active (inode-deduplicated allocated
+   * size, like `du -s`), stored at commit for a committed snapshot, zero for
+   * a view.
+   * @throws NotFoundError when `key` does not exist.
+   */
+  async usage(key: string): Promise<Usage> {
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const row = this.store.get(key);
+    if (row === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
+    if (row.kind === 'view') return { size: 0, inodes: 0 };
+    if (row.kind === 'committed') return { size: row.size, inodes: row.inodes };
+    return diskUsage(fsDir(this.settings, row.id));
+  }
+
+  /**
+   * The mount spec of an active or view snapshot (always one mount).
+   * @throws NotFoundError when `key` does not exist.
+   * @throws FailedPreconditionError when `key` is committed.
+   */
+  async mounts(key: string): Promise<Mount[]> {
+    // Hot path: one read, parent links from cache.
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const found = this.store.rowWithChain(key);
+    if (found === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
+    const { row, chain } = found;
+    if (row.kind === 'committed') {
+      throw new FailedPreconditionError(`snapshot ${q(key)} is committed and has no mounts; prepare or view an active snapshot on it instead`);
+    }
+    const idmap = this.options.remapIds ? this.idmapOptions(this.store.record(key)?.labels ?? {}) : [];
+    return buildMounts(this.settings, row.kind, row.id, chain, idmap);
+  }
+
+  /**
+   * Creates the active snapshot `key` on the committed `parent` (or empty)
+   * and returns its mounts.
+   * @throws AlreadyExistsError when `key` is taken.
+   * @throws NotFoundError when `parent` does not exist.
+   * @throws InvalidArgumentError when `parent` is not committed, or for an
+   *   empty key, bad labels or a bad ID-mapping label.
+   */
+  async prepare(key: string, parent?: string, opts?: SnapshotOptions): Promise<Mount[]> {
+    return this.create('active', key, parent, opts);
+  }
+
+  /**
+   * Creates the read-only view `key` of the committed `parent` (or empty)
+   * and returns its mounts. Errors as {@link prepare}.
+   */
+  async view(key: string, parent?: string, opts?: SnapshotOptions): Promise<Mount[]> {
+    return this.create('view', key, parent, opts);
+  }
+
+  private create(kind: 'active' | 'view', key: string, parent: string | undefined, opts: SnapshotOptions | undefined): Mount[] | Promise<Mount[]> {
+    // Hot path: one transaction; the directory work inside it is three
+    // mkdirs and a rename (plus a chown where the parent asks for one).
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const parentKey = checkParent(parent);
+    const labels = checkSnapshotOptions(opts);
+    let owner: { uid: number; gid: number } | undefined;
+    let lateError: Error | undefined;
+    try {
+      owner = mappedOwner(labels);
+    } catch (err) {
+      lateError = err as Error;
+    }
+    let staging: string | undefined;
+    let target: string | undefined;
+    try {
+      const { id, chain } = this.store.create({ key, kind, parent: parentKey, labels, now: Date.now(), lateError }, (id, chain) => {
+        staging = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
+        mkdirSync(staging, 0o700);
+        const fs = `${staging}/fs`;
+        mkdirSync(fs, 0o755);
+        if (!this.umaskClean) chmodSync(fs, 0o755);
+        if (kind === 'active') mkdirSync(`${staging}/work`, 0o711);
+        if (owner !== undefined) {
+          lchownSync(fs, owner.uid, owner.gid);
+        } else if (chain.length > 0) {
+          const st = statSync(fsDir(this.settings, chain[0]!));
+          if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
+        }
+        target = snapshotDir(this.settings, id);
+        this.moveIntoPlace(staging, target);
+        staging = undefined;
+      });
+      target = undefined;
+      const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
+      return buildMounts(this.settings, kind, id, chain, idmap);
+    } catch (err) {
+      // Nothing was recorded: remove whatever the failed attempt left on disk.
+      for (const dir of [staging, target]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Renames a staging dir to its id. A dir already there can only be the
+   * leftover of a creation that crashed before its transaction committed
+   * (the id was rolled back and is being allocated again while we hold the
+   * write lock): it belongs to no record, so it is replaced.
+   */
+  private moveIntoPlace(staging: string, target: string): void {
+    try {
+      renameSync(staging, target);
+    } catch (err) {
+      const code = errnoOf(err);
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+      debug('replacing %s, left by a creation that did not commit', target);
+      rmSync(target, { recursive: true, force: true });
+      renameSync(staging, target);
+    }
+  }
+
+  /**
+   * Turns the active snapshot `key` into the committed snapshot `name`
+   * (same directory, no data moved); `key` is gone afterwards. Its usage is
+   * measured and stored. Labels are those passed here, not the active's.
+   * @throws AlreadyExistsError when `name` is taken (checked first).
+   * @throws NotFoundError when `key` does not exist.
+   * @throws FailedPreconditionError when `key` is a view or committed.
+   */
+  async commit(name: string, key: string, opts?: SnapshotOptions): Promise<void> {
+    this.ensureOpen();
+    checkKey(name, 'name');
+    checkKey(key, 'key');
+    const labels = checkSnapshotOptions(opts);
+    const row = this.store.checkCommit(name, key);
+    // The usage walk is slow disk work: done outside the write transaction.
+    const usage = diskUsage(fsDir(this.settings, row.id));
+    this.ensureOpen();
+    this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
+  }
+
+  /**
+   * Removes the snapshot `key`, which must have no children. In sync mode
+   * (the default) its directory is deleted once the record is gone; with
+   * `asyncRemove` only the record goes and {@link cleanup} deletes the
+   * directory later.
+   * @throws NotFoundError when `key` does not exist.
+   * @throws FailedPreconditionError when other snapshots depend on it.
+   */
+  async remove(key: string): Promise<void> {
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const row = this.store.remove(key);
+    if (this.options.asyncRemove) return;
+    const dir = snapshotDir(this.settings, row.id);
+    try {
+      await fse.remove(dir);
+    } catch (err) {
+      // The record is gone, so the dir is an orphan that cleanup() removes.
+      debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
+    }
+  }
+
+  /**
+   * Calls `fn` for every snapshot matching any of `filters` (containerd
+   * filter syntax), in key order, one at a time, each awaited. No filter
+   * matches all. `fn` may call other methods, such as `stat`.
+   * @throws InvalidArgumentError when a filter does not parse (before any call).
+   */
+  async walk(fn: (info: Info) => void | Promise<void>, ...filters: string[]): Promise<void> {
+    this.ensureOpen();
+    if (typeof fn !== 'function') throw new InvalidArgumentError(`Expected walk's first argument to be a function, got ${typeof fn}`);
+    const filter = parseFilters(filters);
+    for (const rec of this.store.walk(filter)) await fn(this.toInfo(rec));
+  }
+
+  /**
+   * Deletes every entry of `<root>/snapshots` that is not a live snapshot:
+   * directories of removed snapshots and leftovers of crashed creations.
+   * The entries are chosen while holding the store's write lock, so a
+   * staging dir that another call or process is filling is never touched.
+   */
+  async cleanup(): Promise<void> {
+    this.ensureOpen();
+    const trash = this.store.withLiveIds((live) => {
+      const claimed: string[] = [];
+      for (const name of readdirSync(this.snapshotsDir)) {
+        if (DECIMAL_ID.test(name) && live.has(Number(name))) continue;
+        if (name.startsWith(TRASH_PREFIX)) {
+          claimed.push(name);
+          continue;
+        }
+        // Claim it under the lock: a crashed creation's id can be allocated
+        // again, and must then find its place free, not deleted later.
+        const to = `${TRASH_PREFIX}${uuidv4()}`;
+        renameSync(`${this.snapshotsDir}/${name}`, `${this.snapshotsDir}/${to}`);
+        claimed.push(to);
+      }
+      return claimed;
+    });
+    for (const name of trash) {
+      debug('cleanup: removing %s', name);
+      await fse.remove(`${this.snapshotsDir}/${name}`);
+    }
+  }
+
+  /** Closes the metadata store. Every later call fails with UnavailableError; closing twice is fine. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.store.close();
+  }
+
+  private idmapOptions(labels: Readonly<Record<string, string>>): string[] {
+    const uid = Object.hasOwn(labels, UID_MAPPING_LABEL) ? labels[UID_MAPPING_LABEL] : undefined;
+    const gid = Object.hasOwn(labels, GID_MAPPING_LABEL) ? labels[GID_MAPPING_LABEL] : undefined;
+    return uid !== undefined && gid !== undefined ? [`uidmap=${uid}`, `gidmap=${gid}`] : [];
+  }
+
+  private toInfo(rec: Record_): Info {
+    const labels = rec.labels;
+    if (this.options.upperdirLabel && rec.kind !== 'committed') setLabel(labels, UPPERDIR_LABEL, fsDir(this.settings, rec.id));
+    const info: Info = { kind: rec.kind as Kind, name: rec.key, labels, created: new Date(rec.created), updated: new Date(rec.updated) };
+    if (rec.parentName !== null) info.parent = rec.parentName;
+    return info;
+  }
+}
+
+/**
+ * The d_type and overlay-mount checks create files and mount: they run once
+ * per root and kernel release, and the answer is kept in the store.
+ */
+async function checkRootOnce(store: Store, root: string): Promise<void> {
+  const key = `probe:${kernelRelease()}`;
+  if (store.getMeta(key) === 'ok') return;
+  if (!supportsDType(root)) {
+    throw new UnavailableError(`the filesystem of ${root} does not record file types in directory entries (d_type), which overlayfs needs; use ext4, or xfs made with ftype=1`);
+  }
+  const err = await overlayMountError(root);
+  if (err !== undefined) {
+    throw new UnavailableError(`overlay cannot be mounted with two lower dirs under ${root}: ${err.message}`, { cause: err });
+  }
+  store.setMeta(key, 'ok');
+}

@@ -1,0 +1,490 @@
+/**
+ * The metadata store: one SQLite file per root, in WAL mode with
+ * `synchronous=FULL`, so that every mutating call is durable when it returns
+ * and several processes can share one root (each mutation is one
+ * `BEGIN IMMEDIATE` transaction; readers never block writers).
+ *
+ * The store knows no paths and no kernel: callers that must do directory
+ * work inside a transaction (staging a new snapshot) pass a callback that
+ * runs while the write lock is held.
+ */
+import Database from 'better-sqlite3';
+import createDebug from 'debug';
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  SnapshotterError,
+  UnavailableError,
+  q,
+} from './errors.js';
+import type { Filter, Selector } from './filters.js';
+import type { Kind } from './types.js';
+import { setLabel } from './validate.js';
+
+const debug = createDebug('overlay-snapshotter:store');
+
+/** Schema migrations; `PRAGMA user_version` is the number applied. Append only. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE snapshots (
+     id       INTEGER PRIMARY KEY AUTOINCREMENT,
+     key      TEXT    NOT NULL UNIQUE,
+     kind     INTEGER NOT NULL,
+     parent   INTEGER REFERENCES snapshots(id),
+     created  INTEGER NOT NULL,
+     updated  INTEGER NOT NULL,
+     size     INTEGER NOT NULL DEFAULT 0,
+     inodes   INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX snapshots_parent ON snapshots(parent) WHERE parent IS NOT NULL;
+   CREATE TABLE labels (
+     snapshot INTEGER NOT NULL REFERENCES snapshots(id),
+     key      TEXT    NOT NULL,
+     value    TEXT    NOT NULL,
+     PRIMARY KEY (snapshot, key)
+   ) WITHOUT ROWID;
+   CREATE INDEX labels_key_value ON labels(key, value);
+   CREATE TABLE meta (
+     key   TEXT PRIMARY KEY,
+     value TEXT NOT NULL
+   ) WITHOUT ROWID;`,
+];
+
+const KIND_CODE: Record<Kind, number> = { view: 0, active: 1, committed: 2 };
+const KIND_NAME: readonly Kind[] = ['view', 'active', 'committed'];
+
+/** A snapshot record as stored. Times are milliseconds since the epoch. */
+export interface Row {
+  readonly id: number;
+  readonly key: string;
+  readonly kind: Kind;
+  readonly parent: number | null;
+  readonly created: number;
+  readonly updated: number;
+  readonly size: number;
+  readonly inodes: number;
+}
+
+/** A record with its parent's name and its labels. */
+export interface Record_ extends Row {
+  readonly parentName: string | null;
+  readonly labels: Record<string, string>;
+}
+
+export interface CreateRequest {
+  key: string;
+  kind: 'active' | 'view';
+  parent: string;
+  labels: Readonly<Record<string, string>>;
+  now: number;
+  /** An input problem that semantics.md orders after the parent checks. */
+  lateError?: Error | undefined;
+}
+
+/** Runs with the write lock held, after the record is inserted and before the commit. */
+export type StageHook = (id: number, parentIds: readonly number[]) => void;
+
+type RawRow = [number, string, number, number | null, number, number, number, number];
+type RawRecord = [...RawRow, string | null];
+
+const ROW_COLUMNS = 's.id, s.key, s.kind, s.parent, s.created, s.updated, s.size, s.inodes';
+
+function toRow(r: RawRow | RawRecord): Row {
+  return {
+    id: r[0],
+    key: r[1],
+    kind: KIND_NAME[r[2]]!,
+    parent: r[3],
+    created: r[4],
+    updated: r[5],
+    size: r[6],
+    inodes: r[7],
+  };
+}
+
+function kindLabel(kind: Kind): string {
+  return kind === 'active' ? 'an active snapshot' : kind === 'view' ? 'a view' : 'a committed snapshot';
+}
+
+/** Translates SQLite failures into typed errors; typed errors pass through. */
+function translate(err: unknown, file: string): Error {
+  if (err instanceof SnapshotterError) return err;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && code.startsWith('SQLITE_')) {
+    if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
+      return new UnavailableError(`metadata store ${file} is locked by another process for too long; retry, or raise the \`busyTimeout\` option`, { cause: err });
+    }
+    if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+      return new UnavailableError(`metadata store ${file} is damaged (${code}); restore it from a backup, it is never reset automatically`, { cause: err });
+    }
+    if (code.startsWith('SQLITE_READONLY') || code.startsWith('SQLITE_CANTOPEN') || code.startsWith('SQLITE_IOERR') || code === 'SQLITE_FULL' || code.startsWith('SQLITE_PERM')) {
+      return new UnavailableError(`metadata store ${file} cannot be written (${code}): ${(err as Error).message}; check the disk and the permissions of the root`, { cause: err });
+    }
+  }
+  return err as Error;
+}
+
+/** Equality or presence selectors that an index can answer, for the walk planner. */
+function indexable(selector: Selector): boolean {
+  const [field, sub, ...rest] = selector.fieldpath;
+  if (field === 'labels') return sub !== undefined && rest.length === 0 && (selector.op === '==' || selector.op === 'present');
+  return field === 'name' && sub === undefined && selector.op === '==';
+}
+
+export class Store {
+  readonly file: string;
+  private readonly db: Database.Database;
+  /** Parent of each committed snapshot seen. Committed parents never change and ids are never reused, so this never goes stale. */
+  private readonly committedParent = new Map<number, number | null>();
+
+  // Prepared statements: hot paths (prepare, commit, stat, mounts) use these.
+  private readonly sGet: Database.Statement<[string], RawRow>;
+  private readonly sGetRecord: Database.Statement<[string], RawRecord>;
+  private readonly sLabels: Database.Statement<[number], [string, string]>;
+  private readonly sParentOf: Database.Statement<[number], [number | null, number]>;
+  private readonly sHasChild: Database.Statement<[number], [number]>;
+  private readonly sCountChildren: Database.Statement<[number], [number]>;
+  private readonly sInsert: Database.Statement<[string, number, number | null, number, number]>;
+  private readonly sInsertLabel: Database.Statement<[number, string, string]>;
+  private readonly sDeleteLabels: Database.Statement<[number]>;
+  private readonly sDeleteLabel: Database.Statement<[number, string]>;
+  private readonly sDelete: Database.Statement<[number]>;
+  private readonly sCommit: Database.Statement<[string, number, number, number, number, number]>;
+  private readonly sTouch: Database.Statement<[number, number]>;
+  private readonly sIds: Database.Statement<[], [number]>;
+
+  private constructor(file: string, db: Database.Database) {
+    this.file = file;
+    this.db = db;
+    this.sGet = db.prepare<[string], RawRow>(`SELECT ${ROW_COLUMNS} FROM snapshots s WHERE s.key = ?`).raw();
+    this.sGetRecord = db
+      .prepare<[string], RawRecord>(`SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent WHERE s.key = ?`)
+      .raw();
+    this.sLabels = db.prepare<[number], [string, string]>('SELECT key, value FROM labels WHERE snapshot = ?').raw();
+    this.sParentOf = db.prepare<[number], [number | null, number]>('SELECT parent, kind FROM snapshots WHERE id = ?').raw();
+    this.sHasChild = db.prepare<[number], [number]>('SELECT 1 FROM snapshots WHERE parent = ? LIMIT 1').raw();
+    this.sCountChildren = db.prepare<[number], [number]>('SELECT count(*) FROM snapshots WHERE parent = ?').raw();
+    this.sInsert = db.prepare('INSERT INTO snapshots (key, kind, parent, created, updated) VALUES (?, ?, ?, ?, ?)');
+    this.sInsertLabel = db.prepare('INSERT INTO labels (snapshot, key, value) VALUES (?, ?, ?)');
+    this.sDeleteLabels = db.prepare('DELETE FROM labels WHERE snapshot = ?');
+    this.sDeleteLabel = db.prepare('DELETE FROM labels WHERE snapshot = ? AND key = ?');
+    this.sDelete = db.prepare('DELETE FROM snapshots WHERE id = ?');
+    this.sCommit = db.prepare(
+      `UPDATE snapshots SET key = ?, kind = ${KIND_CODE.committed}, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?`,
+    );
+    this.sTouch = db.prepare('UPDATE snapshots SET updated = ? WHERE id = ?');
+    this.sIds = db.prepare<[], [number]>('SELECT id FROM snapshots').raw();
+  }
+
+  /**
+   * Opens (creating if needed) the store at `file` and applies pending
+   * migrations. A damaged or foreign file is reported, never reset.
+   */
+  static open(file: string, busyTimeout: number): Store {
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(file, { timeout: busyTimeout });
+      // WAL: one fsync per commit and readers that never block the writer.
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      migrate(db, file);
+      const store = new Store(file, db);
+      debug('opened %s (schema %d)', file, MIGRATIONS.length);
+      return store;
+    } catch (err) {
+      db?.close();
+      throw translate(err, file);
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  /** Runs `fn` in one BEGIN IMMEDIATE transaction and translates SQLite errors. */
+  private write<T>(fn: () => T): T {
+    try {
+      return this.db.transaction(fn).immediate();
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  /** Runs `fn` as one consistent read. */
+  private read<T>(fn: () => T): T {
+    try {
+      return this.db.transaction(fn).deferred();
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  private labelsOf(id: number): Record<string, string> {
+    const labels: Record<string, string> = {};
+    for (const [k, v] of this.sLabels.all(id)) setLabel(labels, k, v);
+    return labels;
+  }
+
+  private getRow(key: string): Row | undefined {
+    const raw = this.sGet.get(key);
+    return raw === undefined ? undefined : toRow(raw);
+  }
+
+  /** The record of `key`, or undefined. Hot: stat. */
+  get(key: string): Row | undefined {
+    try {
+      return this.getRow(key);
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  /** The record of `key` with parent name and labels, or undefined. Hot: stat. */
+  record(key: string): Record_ | undefined {
+    return this.read(() => this.recordOf(key));
+  }
+
+  private recordOf(key: string): Record_ | undefined {
+    const raw = this.sGetRecord.get(key);
+    if (raw === undefined) return undefined;
+    return { ...toRow(raw), parentName: raw[8], labels: this.labelsOf(raw[0]) };
+  }
+
+  /**
+   * Ids of the parent chain starting at `parent` (immediate parent first).
+   * Committed links are cached: they are immutable while they exist.
+   */
+  chain(parent: number | null): number[] {
+    const ids: number[] = [];
+    let next = parent;
+    while (next !== null) {
+      ids.push(next);
+      let up = this.committedParent.get(next);
+      if (up === undefined) {
+        const raw = this.sParentOf.get(next);
+        if (raw === undefined) throw new UnavailableError(`metadata store ${this.file} is inconsistent: snapshot id ${next} is referenced as a parent but missing; run check()`);
+        up = raw[0];
+        if (raw[1] === KIND_CODE.committed) this.committedParent.set(next, up);
+      }
+      next = up;
+    }
+    return ids;
+  }
+
+  /** A record and its parent chain, read consistently. Hot: mounts. */
+  rowWithChain(key: string): { row: Row; chain: number[] } | undefined {
+    return this.read(() => {
+      const row = this.getRow(key);
+      return row === undefined ? undefined : { row, chain: this.chain(row.parent) };
+    });
+  }
+
+  /**
+   * Creates a record after the checks of semantics.md, in their order, then
+   * runs `stage` with the write lock held; if `stage` throws, nothing is
+   * recorded. Hot: prepare, view.
+   */
+  create(req: CreateRequest, stage: StageHook): { id: number; chain: number[] } {
+    return this.write(() => {
+      if (this.sGet.get(req.key) !== undefined) {
+        throw new AlreadyExistsError(`snapshot ${q(req.key)} already exists; choose another key, or remove the existing snapshot first`);
+      }
+      let parentId: number | null = null;
+      if (req.parent !== '') {
+        const parent = this.getRow(req.parent);
+        if (parent === undefined) {
+          throw new NotFoundError(`parent snapshot ${q(req.parent)} not found; commit a snapshot named ${q(req.parent)} first, or pass no parent`);
+        }
+        if (parent.kind !== 'committed') {
+          throw new InvalidArgumentError(`parent ${q(req.parent)} is ${kindLabel(parent.kind)}, not committed; only committed snapshots can be parents, so commit it first`);
+        }
+        parentId = parent.id;
+      }
+      if (req.lateError) throw req.lateError;
+      const id = Number(this.sInsert.run(req.key, KIND_CODE[req.kind], parentId, req.now, req.now).lastInsertRowid);
+      for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(id, k, v);
+      const chain = this.chain(parentId);
+      stage(id, chain);
+      return { id, chain };
+    });
+  }
+
+  /**
+   * Checks that `key` can be committed as `name`, in semantics.md's order
+   * (name taken first), and returns the active record.
+   */
+  checkCommit(name: string, key: string): Row {
+    return this.read(() => this.commitTarget(name, key));
+  }
+
+  private commitTarget(name: string, key: string): Row {
+    if (this.sGet.get(name) !== undefined) {
+      throw new AlreadyExistsError(`cannot commit ${q(key)} as ${q(name)}: a snapshot named ${q(name)} already exists; choose another name`);
+    }
+    const row = this.getRow(key);
+    if (row === undefined) throw new NotFoundError(`snapshot ${q(key)} not found; prepare it before committing it`);
+    if (row.kind !== 'active') {
+      throw new FailedPreconditionError(`cannot commit ${q(key)}: it is ${kindLabel(row.kind)}; only active snapshots can be committed`);
+    }
+    return row;
+  }
+
+  /** Turns the active `key` (which must still be record `id`) into the committed `name`. Hot: commit. */
+  commit(
+    req: { name: string; key: string; id: number; labels: Readonly<Record<string, string>>; size: number; inodes: number; now: number },
+    beforeCommit?: () => void,
+  ): void {
+    this.write(() => {
+      const row = this.commitTarget(req.name, req.key);
+      if (row.id !== req.id) {
+        throw new NotFoundError(`snapshot ${q(req.key)} was removed and recreated while it was being committed; commit the new one again`);
+      }
+      this.sCommit.run(req.name, req.now, req.now, req.size, req.inodes, row.id);
+      this.sDeleteLabels.run(row.id);
+      for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(row.id, k, v);
+      if (this.committedParent.size < 1_000_000) this.committedParent.set(row.id, row.parent);
+      beforeCommit?.();
+    });
+  }
+
+  /** Deletes the record of `key` (which must have no children) and returns it. */
+  remove(key: string, beforeCommit?: (row: Row) => void): Row {
+    return this.write(() => {
+      const row = this.getRow(key);
+      if (row === undefined) throw new NotFoundError(`snapshot ${q(key)} not found; nothing to remove`);
+      if (this.sHasChild.get(row.id) !== undefined) {
+        const n = this.sCountChildren.get(row.id)![0];
+        throw new FailedPreconditionError(
+          `cannot remove ${q(key)}: ${n} snapshot${n === 1 ? '' : 's'} depend${n === 1 ? 's' : ''} on it; remove its children first`,
+        );
+      }
+      this.sDeleteLabels.run(row.id);
+      this.sDelete.run(row.id);
+      this.committedParent.delete(row.id);
+      beforeCommit?.(row);
+      return row;
+    });
+  }
+
+  /**
+   * Changes the labels of `key`: `mutate` gets the current labels and
+   * returns the new ones (it may throw to abort). Bumps `updated`.
+   */
+  updateLabels(key: string, mutate: (current: Record<string, string>) => Record<string, string>, now: number): Record_ {
+    return this.write(() => {
+      const current = this.recordOf(key);
+      if (current === undefined) throw new NotFoundError(`snapshot ${q(key)} not found; nothing to update`);
+      const next = mutate(current.labels);
+      this.sDeleteLabels.run(current.id);
+      for (const [k, v] of Object.entries(next)) this.sInsertLabel.run(current.id, k, v);
+      this.sTouch.run(now, current.id);
+      return { ...current, labels: next, updated: now };
+    });
+  }
+
+  /**
+   * Every record matching `filter`, ordered by key (bytewise, like
+   * containerd's bolt buckets). When every OR-clause has an equality or
+   * presence selector on a label or the name, candidates come from indexes.
+   */
+  walk(filter: Filter): Record_[] {
+    return this.read(() => {
+      const clauses = filter.clauses;
+      let rows: RawRecord[];
+      let labelRows: [number, string, string][];
+      const selective = clauses.length > 0 && clauses.every((c: readonly Selector[]) => c.some(indexable));
+      if (selective) {
+        const ids = new Set<number>();
+        for (const clause of clauses) {
+          for (const id of this.candidates(clause.find(indexable)!)) ids.add(id);
+        }
+        const list = JSON.stringify([...ids]);
+        rows = this.db
+          .prepare<[string], RawRecord>(
+            `SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent
+             WHERE s.id IN (SELECT value FROM json_each(?)) ORDER BY s.key`,
+          )
+          .raw()
+          .all(list);
+        labelRows = this.db
+          .prepare<[string], [number, string, string]>('SELECT snapshot, key, value FROM labels WHERE snapshot IN (SELECT value FROM json_each(?))')
+          .raw()
+          .all(list);
+      } else {
+        rows = this.db
+          .prepare<[], RawRecord>(`SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent ORDER BY s.key`)
+          .raw()
+          .all();
+        labelRows = this.db.prepare<[], [number, string, string]>('SELECT snapshot, key, value FROM labels').raw().all();
+      }
+      const labelsById = new Map<number, Record<string, string>>();
+      for (const [id, k, v] of labelRows) {
+        let labels = labelsById.get(id);
+        if (labels === undefined) labelsById.set(id, (labels = {}));
+        setLabel(labels, k, v);
+      }
+      const out: Record_[] = [];
+      for (const raw of rows) {
+        const rec: Record_ = { ...toRow(raw), parentName: raw[8], labels: labelsById.get(raw[0]) ?? {} };
+        if (clauses.length === 0 || filter.match({ kind: rec.kind, name: rec.key, parent: rec.parentName ?? '', labels: rec.labels })) {
+          out.push(rec);
+        }
+      }
+      return out;
+    });
+  }
+
+  private candidates(selector: Selector): number[] {
+    const [field, sub] = selector.fieldpath;
+    if (field === 'name') {
+      const row = this.sGet.get(selector.value);
+      return row === undefined ? [] : [row[0]];
+    }
+    const stmt =
+      selector.op === '=='
+        ? this.db.prepare<[string, string], [number]>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').raw()
+        : this.db.prepare<[string], [number]>('SELECT snapshot FROM labels WHERE key = ?').raw();
+    const found = selector.op === '==' ? (stmt as Database.Statement<[string, string], [number]>).all(sub!, selector.value) : (stmt as Database.Statement<[string], [number]>).all(sub!);
+    return found.map((r) => r[0]);
+  }
+
+  /**
+   * Runs `fn` with the write lock held and the set of live ids, so that no
+   * other process can create a snapshot (and so a staging dir) meanwhile.
+   */
+  withLiveIds<T>(fn: (live: ReadonlySet<number>) => T): T {
+    return this.write(() => fn(new Set(this.sIds.all().map((r) => r[0]))));
+  }
+
+  getMeta(key: string): string | undefined {
+    try {
+      return this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?').get(key)?.value;
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  setMeta(key: string, value: string): void {
+    this.write(() => {
+      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+    });
+  }
+}
+
+function migrate(db: Database.Database, file: string): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) {
+    throw new UnavailableError(`metadata store ${file} has schema version ${version}, newer than this library knows (${MIGRATIONS.length}); upgrade overlay-snapshotter`);
+  }
+  if (version === MIGRATIONS.length) return;
+  db.transaction(() => {
+    // Re-read under the write lock: another process may have migrated meanwhile.
+    const current = db.pragma('user_version', { simple: true }) as number;
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      db.exec(MIGRATIONS[v]!);
+      debug('migrated %s to schema %d', file, v + 1);
+    }
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+  }).immediate();
+}
