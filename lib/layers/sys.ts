@@ -15,6 +15,7 @@ type Fn = (...args: unknown[]) => unknown;
 interface Libc {
   mknod: Fn;
   lsetxattr: Fn;
+  fsetxattr: Fn;
   lgetxattr: Fn;
   llistxattr: Fn;
   lremovexattr: Fn;
@@ -29,6 +30,7 @@ function load(): Libc {
     // glibc >= 2.33 exports mknod itself (older ones only __xmknod); dev_t is 64-bit.
     mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
     lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)'),
+    fsetxattr: lib.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)'),
     lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)'),
     llistxattr: lib.func('intptr_t llistxattr(const char *path, void *list, size_t size)'),
     lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
@@ -88,6 +90,11 @@ export function mkwhiteout(path: string): void {
 /** `lsetxattr(2)`: sets `name` on the link itself, never its target. */
 export function lsetxattr(path: string, name: string, value: Buffer): void {
   if ((load().lsetxattr(path, name, value, value.length, 0) as number) !== 0) throw sysError('lsetxattr', path);
+}
+
+/** `fsetxattr(2)` on an open descriptor (saves a path walk for files being written). */
+export function fsetxattr(fd: number, name: string, value: Buffer, pathForErrors: string): void {
+  if ((load().fsetxattr(fd, name, value, value.length, 0) as number) !== 0) throw sysError('fsetxattr', pathForErrors);
 }
 
 /** `lremovexattr(2)`; a missing attribute is not an error. */
