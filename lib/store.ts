@@ -125,11 +125,15 @@ function translate(err: unknown, file: string): Error {
   return err as Error;
 }
 
-/** Equality or presence selectors that an index can answer, for the walk planner. */
+/**
+ * Equality or presence selectors that an index can answer, for the walk
+ * planner. As in containerd, everything after `labels` joined with `.` is
+ * the label key, and path parts after `name` are ignored.
+ */
 function indexable(selector: Selector): boolean {
-  const [field, sub, ...rest] = selector.fieldpath;
-  if (field === 'labels') return sub !== undefined && rest.length === 0 && (selector.op === '==' || selector.op === 'present');
-  return field === 'name' && sub === undefined && selector.op === '==';
+  const field = selector.fieldpath[0];
+  if (field === 'labels') return selector.op === '==' || selector.op === 'present';
+  return field === 'name' && selector.op === '==';
 }
 
 export class Store {
@@ -436,17 +440,16 @@ export class Store {
   }
 
   private candidates(selector: Selector): number[] {
-    const [field, sub] = selector.fieldpath;
-    if (field === 'name') {
+    if (selector.fieldpath[0] === 'name') {
       const row = this.sGet.get(selector.value);
       return row === undefined ? [] : [row[0]];
     }
-    const stmt =
+    const key = selector.fieldpath.slice(1).join('.');
+    const rows =
       selector.op === '=='
-        ? this.db.prepare<[string, string], [number]>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').raw()
-        : this.db.prepare<[string], [number]>('SELECT snapshot FROM labels WHERE key = ?').raw();
-    const found = selector.op === '==' ? (stmt as Database.Statement<[string, string], [number]>).all(sub!, selector.value) : (stmt as Database.Statement<[string], [number]>).all(sub!);
-    return found.map((r) => r[0]);
+        ? this.db.prepare<[string, string], [number]>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').raw().all(key, selector.value)
+        : this.db.prepare<[string], [number]>('SELECT snapshot FROM labels WHERE key = ?').raw().all(key);
+    return rows.map((r) => r[0]);
   }
 
   /**
