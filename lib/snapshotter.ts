@@ -297,8 +297,8 @@ export class Snapshotter {
           const st = statSync(fsDir(this.settings, chain[0]!));
           if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
         }
+        this.moveIntoPlace(staging, snapshotDir(this.settings, id));
         target = snapshotDir(this.settings, id);
-        this.moveIntoPlace(staging, target);
         staging = undefined;
       });
       target = undefined;

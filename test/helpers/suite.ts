@@ -73,6 +73,12 @@ async function inView<T>(sn: Snapshotter, parent: string, check: (dir: string) =
   }
 }
 
+/** Labels without the one `upperdirLabel` adds, so scenarios read the same in every configuration. */
+function userLabels(info: Info): Record<string, string> {
+  const { 'containerd.io/snapshot/overlay.upperdir': _upper, ...rest } = info.labels;
+  return rest;
+}
+
 export function conformance(config: SuiteConfig): void {
   const run = (fn: (sn: Snapshotter, root: string) => Promise<void>) => () => withSnapshotter(config.options, fn, config.rootExtra);
   const mountOpts = mountTestOptions();
@@ -304,7 +310,7 @@ export function conformance(config: SuiteConfig): void {
         await assert.rejects(sn.commit('c', 'a', big), INVALID_ARGUMENT);
         await assert.rejects(sn.update({ name: 'a', labels: { k: 'é'.repeat(2048) } }), INVALID_ARGUMENT, 'bytes are counted, not characters');
         await assert.rejects(sn.update({ name: 'a', labels: { k: 'x'.repeat(4096) } }, 'labels.k'), INVALID_ARGUMENT);
-        assert.deepEqual((await sn.stat('a')).labels, edge.labels);
+        assert.deepEqual(userLabels(await sn.stat('a')), edge.labels);
       }));
 
       test('empty, NUL-bearing and non-string keys, names and labels fail with ERR_INVALID_ARGUMENT', run(async (sn) => {
@@ -346,9 +352,7 @@ export function conformance(config: SuiteConfig): void {
         const ctr = await sn.stat('ctr');
         assert.equal(ctr.kind, 'active');
         assert.equal(ctr.parent, 'base');
-        const expected: Record<string, string> = { a: '1' };
-        if (config.options.upperdirLabel) expected['containerd.io/snapshot/overlay.upperdir'] = ctr.labels['containerd.io/snapshot/overlay.upperdir']!;
-        assert.deepEqual(ctr.labels, expected, 'a label set to "" is not stored');
+        assert.deepEqual(userLabels(ctr), { a: '1' }, 'a label set to "" is not stored');
         assert.equal(ctr.created.getTime(), ctr.updated.getTime());
       }));
 
@@ -368,8 +372,7 @@ export function conformance(config: SuiteConfig): void {
       test('update with labels.<k> sets or deletes only those keys', run(async (sn) => {
         await sn.prepare('a', undefined, { labels: { x: '1', y: '2', z: '3' } });
         const info = await sn.update({ name: 'a', labels: { x: 'changed', y: '', w: 'new', z: 'ignored' } }, 'labels.x', 'labels.y', 'labels.w');
-        const { 'containerd.io/snapshot/overlay.upperdir': _upper, ...labels } = info.labels;
-        assert.deepEqual(labels, { x: 'changed', z: '3', w: 'new' });
+        assert.deepEqual(userLabels(info), { x: 'changed', z: '3', w: 'new' });
         const dropped = await sn.update({ name: 'a', labels: {} }, 'labels.z');
         assert.equal(dropped.labels.z, undefined, 'a path absent from info.labels deletes the key');
         const replaced = await sn.update({ name: 'a', labels: { only: 'this' } }, 'labels');
