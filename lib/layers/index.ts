@@ -1,0 +1,13 @@
+/**
+ * The image-builder toolkit: apply layer tarballs into snapshots, diff
+ * snapshots back into layers, and import an image's layers as a chain of
+ * committed snapshots. See docs/layers.md.
+ */
+export { applyLayer } from './apply.js';
+export type { ApplyOptions, ApplyResult, LayerDigest, LayerTarget } from './apply.js';
+export { diffLayer } from './diff.js';
+export type { DiffOptions, DiffResult } from './diff.js';
+export { apply, chainIds, diff, importLayers, targetFromMounts } from './snapshot.js';
+export type { ImportOptions, LayerSnapshotter, LayerSource } from './snapshot.js';
+export { detectCompression } from './compression.js';
+export type { Compression } from './compression.js';
