@@ -1,11 +1,14 @@
-import { chmodSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import createDebug from 'debug';
 import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './errors.js';
+import { fault } from './faults.js';
 import { parseFilters } from './filters.js';
 import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
+import { unmountAll } from './mount/index.js';
+import { snapshotMounts } from './mountinfo.js';
 import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './options.js';
 import {
   OVERLAYFS_SUPER_MAGIC,
@@ -20,6 +23,7 @@ import {
 } from './probe.js';
 import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './specs.js';
 import { type Record_, Store } from './store.js';
+import { syncFilesystem } from './sync.js';
 import type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
 import { diskUsage } from './usage.js';
 import { checkKey, checkLabelSize, checkLabels, checkParent, checkSnapshotOptions, setLabel } from './validate.js';
@@ -34,6 +38,33 @@ const STAGING_PREFIX = 'new-';
 /** Prefix of dirs that cleanup has claimed for deletion. */
 const TRASH_PREFIX = 'rm-';
 const DECIMAL_ID = /^[1-9][0-9]*$/;
+
+/** What `cleanup()` did: entries of `snapshots/` deleted, and those kept because they are mounted. */
+export interface CleanupReport {
+  /** Names of the entries removed (ids of removed snapshots, `new-*` leftovers, strays). */
+  removed: string[];
+  /** Orphans left in place because something is mounted on or from them. */
+  skipped: { name: string; mountPoints: string[] }[];
+}
+
+/** One inconsistency found by `check()`. */
+export interface CheckProblem {
+  problem: 'missing-directory' | 'missing-fs' | 'missing-work' | 'orphan' | 'staging-leftover' | 'orphan-mounted';
+  /** The snapshot's key or name, for problems of a record. */
+  key?: string;
+  /** The path concerned. */
+  path: string;
+  /** For `orphan-mounted`: where it is mounted. */
+  mountPoints?: string[];
+  /** Whether `check({ repair: true })` fixed it. */
+  repaired: boolean;
+}
+
+/** The result of `check()`: `ok` when nothing is (left) wrong. */
+export interface CheckReport {
+  ok: boolean;
+  problems: CheckProblem[];
+}
 
 function errnoOf(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
@@ -130,6 +161,7 @@ export class Snapshotter {
     }
     const store = Store.open(`${abs}/metadata.db`, resolved.busyTimeout);
     try {
+      if (store.fresh) refuseSilentReset(snapshotsDir, store.file);
       await checkRootOnce(store, abs);
       const userxattr = resolved.userxattr === 'auto' ? inUserNamespace() && fsType !== TMPFS_MAGIC : resolved.userxattr;
       const settings: SpecSettings = {
@@ -137,8 +169,14 @@ export class Snapshotter {
         overlayOptions: overlayOptions(resolved.mountOptions, userxattr, kernelHasIndexParam()),
       };
       const umask = process.umask();
+      const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0);
+      // Recovery, as container managers do at start: leftovers of crashed
+      // creations (staging dirs, ids never recorded) and of interrupted
+      // cleanups go now; removed snapshots' dirs stay for cleanup().
+      const recovered = await sn.sweep((name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
+      if (recovered.removed.length > 0) debug('open %s: removed crash leftovers %o', abs, recovered.removed);
       debug('opened %s (options %o, overlay options %o)', abs, resolved, settings.overlayOptions);
-      return new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0);
+      return sn;
     } catch (err) {
       store.close();
       throw err;
@@ -225,7 +263,10 @@ export class Snapshotter {
     if (row === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
     if (row.kind === 'view') return { size: 0, inodes: 0 };
     if (row.kind === 'committed') return { size: row.size, inodes: row.inodes };
-    return diskUsage(fsDir(this.settings, row.id));
+    const upper = fsDir(this.settings, row.id);
+    const usage = diskUsage(upper);
+    if (usage.inodes === 0) throw this.missingDir(key, upper);
+    return usage;
   }
 
   /**
@@ -284,23 +325,33 @@ export class Snapshotter {
     let staging: string | undefined;
     let target: string | undefined;
     try {
-      const { id, chain } = this.store.create({ key, kind, parent: parentKey, labels, now: Date.now(), lateError }, (id, chain) => {
-        staging = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
-        mkdirSync(staging, 0o700);
-        const fs = `${staging}/fs`;
-        mkdirSync(fs, 0o755);
-        if (!this.umaskClean) chmodSync(fs, 0o755);
-        if (kind === 'active') mkdirSync(`${staging}/work`, 0o711);
-        if (owner !== undefined) {
-          lchownSync(fs, owner.uid, owner.gid);
-        } else if (chain.length > 0) {
-          const st = statSync(fsDir(this.settings, chain[0]!));
-          if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
-        }
-        this.moveIntoPlace(staging, snapshotDir(this.settings, id));
-        target = snapshotDir(this.settings, id);
-        staging = undefined;
-      });
+      const { id, chain } = this.store.create(
+        { key, kind, parent: parentKey, labels, now: Date.now(), lateError },
+        {
+          stage: (chain) => {
+            staging = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
+            mkdirSync(staging, 0o700);
+            const fs = `${staging}/fs`;
+            mkdirSync(fs, 0o755);
+            if (!this.umaskClean) chmodSync(fs, 0o755);
+            if (kind === 'active') mkdirSync(`${staging}/work`, 0o711);
+            if (owner !== undefined) {
+              lchownSync(fs, owner.uid, owner.gid);
+            } else if (chain.length > 0) {
+              const st = this.statParentFs(chain[0]!, parentKey);
+              if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
+            }
+            fault('create:after-staging');
+          },
+          place: (id) => {
+            fault('create:after-record');
+            this.moveIntoPlace(staging!, snapshotDir(this.settings, id));
+            target = snapshotDir(this.settings, id);
+            staging = undefined;
+            fault('create:after-rename');
+          },
+        },
+      );
       target = undefined;
       const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
       return buildMounts(this.settings, kind, id, chain, idmap);
@@ -308,6 +359,18 @@ export class Snapshotter {
       // Nothing was recorded: remove whatever the failed attempt left on disk.
       for (const dir of [staging, target]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       throw err;
+    }
+  }
+
+  private statParentFs(id: number, parent: string): { uid: number; gid: number } {
+    const path = fsDir(this.settings, id);
+    try {
+      return statSync(path);
+    } catch (err) {
+      throw new UnavailableError(
+        `the directory of parent ${q(parent)} (${path}) is missing or unreadable (${errnoOf(err) ?? String(err)}); the store is damaged: run check() and restore or remove ${q(parent)}`,
+        { cause: err },
+      );
     }
   }
 
@@ -343,10 +406,20 @@ export class Snapshotter {
     checkKey(key, 'key');
     const labels = checkSnapshotOptions(opts);
     const row = this.store.checkCommit(name, key);
-    // The usage walk is slow disk work: done outside the write transaction.
-    const usage = diskUsage(fsDir(this.settings, row.id));
+    // The usage walk and the sync are slow disk work: done outside the write transaction.
+    const upper = fsDir(this.settings, row.id);
+    const usage = diskUsage(upper);
+    if (usage.inodes === 0) throw this.missingDir(key, upper);
+    // The layer's data must be on disk before the record says it is committed.
+    if (this.options.durableLayers) syncFilesystem(upper);
     this.ensureOpen();
+    fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
+    fault('commit:after-transaction');
+  }
+
+  private missingDir(key: string, path: string): UnavailableError {
+    return new UnavailableError(`the directory of snapshot ${q(key)} (${path}) is missing; the store is damaged: run check() and remove ${q(key)}`);
   }
 
   /**
@@ -360,10 +433,27 @@ export class Snapshotter {
   async remove(key: string): Promise<void> {
     this.ensureOpen();
     checkKey(key, 'key');
-    const row = this.store.remove(key);
+    if (this.options.unmountOnRemove) {
+      const row = this.store.get(key);
+      for (const mountPoint of row === undefined ? [] : (snapshotMounts(this.snapshotsDir).get(row.id) ?? [])) {
+        debug('remove %s: unmounting %s first', key, mountPoint);
+        await unmountAll(mountPoint);
+      }
+    }
+    const row = this.store.remove(key, (found) => {
+      const users = snapshotMounts(this.snapshotsDir).get(found.id);
+      if (users !== undefined) {
+        throw new FailedPreconditionError(
+          `cannot remove ${q(key)}: it is mounted at ${users.join(', ')}; unmount it first (or open the snapshotter with \`unmountOnRemove\`)`,
+        );
+      }
+    });
+    fault('remove:after-record');
     if (this.options.asyncRemove) return;
     const dir = snapshotDir(this.settings, row.id);
     try {
+      await fse.remove(`${dir}/work`);
+      fault('remove:mid-delete');
       await fse.remove(dir);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.
@@ -389,29 +479,103 @@ export class Snapshotter {
    * directories of removed snapshots and leftovers of crashed creations.
    * The entries are chosen while holding the store's write lock, so a
    * staging dir that another call or process is filling is never touched.
+   * A directory that is still mounted somewhere is skipped and reported.
    */
-  async cleanup(): Promise<void> {
+  async cleanup(): Promise<CleanupReport> {
     this.ensureOpen();
-    const trash = this.store.withLiveIds((live) => {
+    return this.sweep(() => true);
+  }
+
+  /**
+   * Claims the orphans that `select` accepts (renaming them to `rm-*` under
+   * the write lock), then deletes them and earlier claims outside it.
+   */
+  private async sweep(select: (name: string, lastAllocated: number) => boolean): Promise<CleanupReport> {
+    const report: CleanupReport = { removed: [], skipped: [] };
+    const trash = this.store.withLiveIds((live, lastAllocated) => {
+      let users: Map<number, string[]> | undefined;
       const claimed: string[] = [];
       for (const name of readdirSync(this.snapshotsDir)) {
-        if (DECIMAL_ID.test(name) && live.has(Number(name))) continue;
+        const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
+        if (id !== undefined && live.has(id)) continue;
         if (name.startsWith(TRASH_PREFIX)) {
           claimed.push(name);
           continue;
+        }
+        if (!select(name, lastAllocated)) continue;
+        if (id !== undefined) {
+          users ??= snapshotMounts(this.snapshotsDir);
+          const at = users.get(id);
+          if (at !== undefined) {
+            report.skipped.push({ name, mountPoints: at });
+            continue;
+          }
         }
         // Claim it under the lock: a crashed creation's id can be allocated
         // again, and must then find its place free, not deleted later.
         const to = `${TRASH_PREFIX}${uuidv4()}`;
         renameSync(`${this.snapshotsDir}/${name}`, `${this.snapshotsDir}/${to}`);
         claimed.push(to);
+        report.removed.push(name);
       }
       return claimed;
     });
-    for (const name of trash) {
-      debug('cleanup: removing %s', name);
+    for (const [i, name] of trash.entries()) {
+      debug('removing %s', name);
       await fse.remove(`${this.snapshotsDir}/${name}`);
+      if (i === 0) fault('cleanup:mid');
     }
+    return report;
+  }
+
+  /**
+   * Lists every inconsistency between records and directories: a record
+   * whose directory, `fs` or `work` is missing, and every entry of
+   * `snapshots/` that no record owns (mounted or not). With
+   * `{ repair: true }` it fixes what is safe to fix (removes unmounted
+   * orphans, recreates a missing `work` dir) and reports the rest.
+   */
+  async check(options: { repair?: boolean } = {}): Promise<CheckReport> {
+    this.ensureOpen();
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('Expected check options to be an object like { repair: true }');
+    for (const name of Object.keys(options)) {
+      if (name !== 'repair') throw new InvalidArgumentError(`Unknown check option \`${name}\`; the only one is \`repair\``);
+    }
+    const repair = options.repair === true;
+    const problems: CheckProblem[] = [];
+    const rows = this.store.allRows();
+    const live = new Set(rows.map((r) => r.id));
+    const users = snapshotMounts(this.snapshotsDir);
+    for (const row of rows) {
+      const dir = snapshotDir(this.settings, row.id);
+      if (!existsSync(dir)) {
+        problems.push({ problem: 'missing-directory', key: row.key, path: dir, repaired: false });
+        continue;
+      }
+      if (!existsSync(`${dir}/fs`)) problems.push({ problem: 'missing-fs', key: row.key, path: `${dir}/fs`, repaired: false });
+      if (row.kind === 'active' && !existsSync(`${dir}/work`)) {
+        if (repair) mkdirSync(`${dir}/work`, 0o711);
+        problems.push({ problem: 'missing-work', key: row.key, path: `${dir}/work`, repaired: repair });
+      }
+    }
+    for (const name of readdirSync(this.snapshotsDir)) {
+      const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
+      if (id !== undefined && live.has(id)) continue;
+      const path = `${this.snapshotsDir}/${name}`;
+      const at = id === undefined ? undefined : users.get(id);
+      problems.push(
+        at !== undefined
+          ? { problem: 'orphan-mounted', path, mountPoints: at, repaired: false }
+          : { problem: name.startsWith(STAGING_PREFIX) ? 'staging-leftover' : 'orphan', path, repaired: false },
+      );
+    }
+    if (repair && problems.some((p) => p.problem === 'orphan' || p.problem === 'staging-leftover')) {
+      const { removed } = await this.sweep(() => true);
+      for (const p of problems) {
+        if ((p.problem === 'orphan' || p.problem === 'staging-leftover') && removed.includes(p.path.slice(this.snapshotsDir.length + 1))) p.repaired = true;
+      }
+    }
+    return { ok: problems.every((p) => p.repaired), problems };
   }
 
   /** Closes the metadata store. Every later call fails with UnavailableError; closing twice is fine. */
@@ -433,6 +597,20 @@ export class Snapshotter {
     const info: Info = { kind: rec.kind as Kind, name: rec.key, labels, created: new Date(rec.created), updated: new Date(rec.updated) };
     if (rec.parentName !== null) info.parent = rec.parentName;
     return info;
+  }
+}
+
+/**
+ * A store file without a schema beside snapshot directories means the
+ * metadata was lost (deleted, truncated to nothing): refuse rather than
+ * start over and orphan every layer.
+ */
+function refuseSilentReset(snapshotsDir: string, file: string): void {
+  const ids = readdirSync(snapshotsDir).filter((n) => DECIMAL_ID.test(n));
+  if (ids.length > 0) {
+    throw new UnavailableError(
+      `metadata store ${file} is empty but ${snapshotsDir} holds ${ids.length} snapshot director${ids.length === 1 ? 'y' : 'ies'}; restore metadata.db from a backup, or move the snapshots away to start afresh`,
+    );
   }
 }
 

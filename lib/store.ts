@@ -82,8 +82,15 @@ export interface CreateRequest {
   lateError?: Error | undefined;
 }
 
-/** Runs with the write lock held, after the record is inserted and before the commit. */
-export type StageHook = (id: number, parentIds: readonly number[]) => void;
+/**
+ * Directory work of a creation, run with the write lock held: `stage`
+ * after the checks and before the record is inserted, `place` after the
+ * insert and before the commit. If either throws, nothing is recorded.
+ */
+export interface StageHooks {
+  stage(parentIds: readonly number[]): void;
+  place(id: number): void;
+}
 
 type RawRow = [number, string, number, number | null, number, number, number, number];
 type RawRecord = [...RawRow, string | null];
@@ -138,6 +145,8 @@ function indexable(selector: Selector): boolean {
 
 export class Store {
   readonly file: string;
+  /** True when this open created the schema (a new or empty file). */
+  fresh = false;
   private readonly db: Database.Database;
   /** Parent of each committed snapshot seen. Committed parents never change and ids are never reused, so this never goes stale. */
   private readonly committedParent = new Map<number, number | null>();
@@ -192,8 +201,9 @@ export class Store {
       // WAL: one fsync per commit and readers that never block the writer.
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
-      migrate(db, file);
+      const fresh = migrate(db, file);
       const store = new Store(file, db);
+      store.fresh = fresh;
       debug('opened %s (schema %d)', file, MIGRATIONS.length);
       return store;
     } catch (err) {
@@ -289,7 +299,7 @@ export class Store {
    * runs `stage` with the write lock held; if `stage` throws, nothing is
    * recorded. Hot: prepare, view.
    */
-  create(req: CreateRequest, stage: StageHook): { id: number; chain: number[] } {
+  create(req: CreateRequest, hooks: StageHooks): { id: number; chain: number[] } {
     return this.write(() => {
       if (this.sGet.get(req.key) !== undefined) {
         throw new AlreadyExistsError(`snapshot ${q(req.key)} already exists; choose another key, or remove the existing snapshot first`);
@@ -306,10 +316,11 @@ export class Store {
         parentId = parent.id;
       }
       if (req.lateError) throw req.lateError;
+      const chain = this.chain(parentId);
+      hooks.stage(chain);
       const id = Number(this.sInsert.run(req.key, KIND_CODE[req.kind], parentId, req.now, req.now).lastInsertRowid);
       for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(id, k, v);
-      const chain = this.chain(parentId);
-      stage(id, chain);
+      hooks.place(id);
       return { id, chain };
     });
   }
@@ -352,8 +363,12 @@ export class Store {
     });
   }
 
-  /** Deletes the record of `key` (which must have no children) and returns it. */
-  remove(key: string, beforeCommit?: (row: Row) => void): Row {
+  /**
+   * Deletes the record of `key` (which must have no children) and returns
+   * it. `guard` runs after those checks with the write lock held and may
+   * throw to keep the record.
+   */
+  remove(key: string, guard?: (row: Row) => void): Row {
     return this.write(() => {
       const row = this.getRow(key);
       if (row === undefined) throw new NotFoundError(`snapshot ${q(key)} not found; nothing to remove`);
@@ -363,10 +378,10 @@ export class Store {
           `cannot remove ${q(key)}: ${n} snapshot${n === 1 ? '' : 's'} depend${n === 1 ? 's' : ''} on it; remove its children first`,
         );
       }
+      guard?.(row);
       this.sDeleteLabels.run(row.id);
       this.sDelete.run(row.id);
       this.committedParent.delete(row.id);
-      beforeCommit?.(row);
       return row;
     });
   }
@@ -456,8 +471,19 @@ export class Store {
    * Runs `fn` with the write lock held and the set of live ids, so that no
    * other process can create a snapshot (and so a staging dir) meanwhile.
    */
-  withLiveIds<T>(fn: (live: ReadonlySet<number>) => T): T {
-    return this.write(() => fn(new Set(this.sIds.all().map((r) => r[0]))));
+  withLiveIds<T>(fn: (live: ReadonlySet<number>, lastAllocated: number) => T): T {
+    return this.write(() => fn(new Set(this.sIds.all().map((r) => r[0])), this.lastAllocated()));
+  }
+
+  /** The highest id ever allocated (committed); ids above it were never recorded. */
+  private lastAllocated(): number {
+    const row = this.db.prepare<[], [number]>("SELECT seq FROM sqlite_sequence WHERE name = 'snapshots'").raw().get();
+    return row?.[0] ?? 0;
+  }
+
+  /** Every record's id, key and kind, for consistency checks. */
+  allRows(): Row[] {
+    return this.read(() => this.db.prepare<[], RawRow>(`SELECT ${ROW_COLUMNS} FROM snapshots s ORDER BY s.id`).raw().all().map(toRow));
   }
 
   getMeta(key: string): string | undefined {
@@ -475,19 +501,23 @@ export class Store {
   }
 }
 
-function migrate(db: Database.Database, file: string): void {
+/** Applies pending migrations; returns true when the file had no schema at all. */
+function migrate(db: Database.Database, file: string): boolean {
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version > MIGRATIONS.length) {
     throw new UnavailableError(`metadata store ${file} has schema version ${version}, newer than this library knows (${MIGRATIONS.length}); upgrade overlay-snapshotter`);
   }
-  if (version === MIGRATIONS.length) return;
+  if (version === MIGRATIONS.length) return false;
+  let fresh = false;
   db.transaction(() => {
     // Re-read under the write lock: another process may have migrated meanwhile.
     const current = db.pragma('user_version', { simple: true }) as number;
+    fresh = current === 0;
     for (let v = current; v < MIGRATIONS.length; v++) {
       db.exec(MIGRATIONS[v]!);
       debug('migrated %s to schema %d', file, v + 1);
     }
     db.pragma(`user_version = ${MIGRATIONS.length}`);
   }).immediate();
+  return fresh;
 }

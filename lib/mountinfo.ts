@@ -1,0 +1,105 @@
+/**
+ * Which snapshot directories are mounted somewhere, from
+ * /proc/self/mountinfo, so that removal and cleanup never delete a tree a
+ * container is still running on.
+ *
+ * A snapshot is in use when a mount point lies inside its directory, when a
+ * bind mount's source is inside it, or when an overlay names it as a
+ * lowerdir, upperdir or workdir.
+ */
+import { readFileSync, statSync } from 'node:fs';
+
+interface MountEntry {
+  /** major:minor of the mounted filesystem. */
+  device: string;
+  /** The path inside that filesystem that is mounted (bind source). */
+  root: string;
+  mountPoint: string;
+  fsType: string;
+  superOptions: string;
+}
+
+function unescape(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+}
+
+export function readMountTable(): MountEntry[] {
+  const out: MountEntry[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    if (line === '') continue;
+    const fields = line.split(' ');
+    const sep = fields.indexOf('-', 6);
+    if (sep < 0) continue;
+    out.push({
+      device: fields[2]!,
+      root: unescape(fields[3]!),
+      mountPoint: unescape(fields[4]!),
+      fsType: fields[sep + 1] ?? '',
+      superOptions: fields[sep + 3] ?? '',
+    });
+  }
+  return out;
+}
+
+function deviceOf(path: string): string {
+  const st = statSync(path);
+  return `${Math.floor(st.dev / 256) & 0xfff}:${(st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)}`;
+}
+
+/**
+ * Maps snapshot ids under `snapshotsDir` to the mount points that use them.
+ * Reads the mount table once.
+ */
+export function snapshotMounts(snapshotsDir: string): Map<number, string[]> {
+  const users = new Map<number, string[]>();
+  const table = readMountTable();
+  const prefix = `${snapshotsDir}/`;
+  const add = (path: string, mountPoint: string) => {
+    if (!path.startsWith(prefix)) return;
+    const id = Number(path.slice(prefix.length).split('/', 1)[0]);
+    if (!Number.isSafeInteger(id) || id <= 0) return;
+    const list = users.get(id);
+    if (list === undefined) users.set(id, [mountPoint]);
+    else if (!list.includes(mountPoint)) list.push(mountPoint);
+  };
+
+  // Bind sources appear as paths inside their filesystem: translate ours
+  // into that form through the mount that holds the snapshots dir.
+  let device: string | undefined;
+  let holder: MountEntry | undefined;
+  try {
+    device = deviceOf(snapshotsDir);
+    for (const m of table) {
+      if (m.device !== device) continue;
+      if (snapshotsDir === m.mountPoint || snapshotsDir.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`)) {
+        if (holder === undefined || m.mountPoint.length > holder.mountPoint.length) holder = m;
+      }
+    }
+  } catch {
+    // The snapshots dir is gone: nothing of ours can be mounted.
+  }
+
+  for (const m of table) {
+    add(m.mountPoint, m.mountPoint);
+    if (holder !== undefined && m.device === device) {
+      const rel = m.root === '/' ? '' : m.root;
+      const holderRel = holder.root === '/' ? '' : holder.root;
+      if (rel.startsWith(holderRel)) {
+        const abs = (holder.mountPoint === '/' ? '' : holder.mountPoint) + rel.slice(holderRel.length);
+        add(abs === '' ? '/' : abs, m.mountPoint);
+      }
+    }
+    if (m.fsType === 'overlay') {
+      for (const raw of m.superOptions.split(',')) {
+        // The kernel octal-escapes commas inside paths, so split first, then unescape.
+        const opt = unescape(raw);
+        const eq = opt.indexOf('=');
+        if (eq < 0) continue;
+        const name = opt.slice(0, eq);
+        if (name !== 'lowerdir' && name !== 'upperdir' && name !== 'workdir' && name !== 'lowerdir+' && name !== 'datadir+') continue;
+        for (const dir of opt.slice(eq + 1).split(/(?<!\\):+/)) add(dir.replace(/\\(.)/g, '$1'), m.mountPoint);
+      }
+    }
+  }
+  return users;
+}

@@ -1,0 +1,28 @@
+/**
+ * Making a committed layer's data durable. One `syncfs(2)` on the layer's
+ * filesystem flushes the data and directory entries of every file the
+ * layer holds, whatever their number; fsync of each file and directory
+ * costs one journal commit each on ext4 and grows with the layer (measured
+ * on this project's machines: equal for a one-file layer, far slower for
+ * thousands of files). Since Linux 5.8 syncfs also reports writeback errors.
+ */
+import { closeSync, openSync } from 'node:fs';
+import { getSystemErrorName } from 'node:util';
+import koffi from 'koffi';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+let syncfs: ((fd: number) => number) | undefined;
+
+/** Flushes the filesystem holding `dir` to disk; throws a Node-style error on failure. */
+export function syncFilesystem(dir: string): void {
+  syncfs ??= koffi.load('libc.so.6').func('int syncfs(int fd)') as (fd: number) => number;
+  const fd = openSync(dir, 'r');
+  try {
+    if (syncfs(fd) !== 0) {
+      const errno = koffi.errno();
+      throw Object.assign(new Error(`${getSystemErrorName(-errno)}: syncfs failed for ${dir}`), { code: getSystemErrorName(-errno), errno: -errno, syscall: 'syncfs', path: dir });
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
