@@ -78,7 +78,7 @@ import {
   joinRel,
   refuse,
 } from './paths.js';
-import { fsetxattr, lgetxattr, lremovexattr, lsetxattr, lxattrs, mknod, mkwhiteout, splitdev } from './sys.js';
+import { fsetxattr, lgetxattr, lremovexattr, lsetxattr, lutimesNs, lxattrs, mknod, mkwhiteout, splitdev } from './sys.js';
 
 const debug = createDebug('overlay-snapshotter:layers');
 
@@ -218,7 +218,7 @@ class Applier {
   private backupSeq = 0;
   /** Pre-existing dirs whose metadata we change, and whose times we disturb. */
   private readonly savedDirs = new Map<string, SavedDir>();
-  private readonly savedTimes = new Map<string, { atime: Date; mtime: Date }>();
+  private readonly savedTimes = new Map<string, { atime: bigint; mtime: bigint }>();
   /** Dir mode and times, set when all entries are in (children would disturb mtimes). */
   private readonly finalDirs = new Map<string, { mode: number; times?: { atime: number; mtime: number } }>();
   private pending: PendingFile | undefined;
@@ -387,16 +387,16 @@ class Applier {
   /** Before changing the entries of a pre-existing dir, keep its times so undo can restore them. */
   private touchParent(dirRel: string): void {
     if (this.nodes.get(dirRel)?.created || this.savedTimes.has(dirRel)) return;
-    const st = lstatSync(abs(this.upper, dirRel));
-    this.savedTimes.set(dirRel, { atime: st.atime, mtime: st.mtime });
+    const st = lstatSync(abs(this.upper, dirRel), { bigint: true });
+    this.savedTimes.set(dirRel, { atime: st.atimeNs, mtime: st.mtimeNs });
   }
 
   /** Before changing a pre-existing dir's own metadata, keep it. */
   private saveDir(rel: string, path: string): void {
     if (this.nodes.get(rel)?.created || this.savedDirs.has(rel)) return;
-    const st = lstatSync(path);
-    this.savedDirs.set(rel, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, xattrs: lxattrs(path) });
-    if (!this.savedTimes.has(rel)) this.savedTimes.set(rel, { atime: st.atime, mtime: st.mtime });
+    const st = lstatSync(path, { bigint: true });
+    this.savedDirs.set(rel, { mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), xattrs: lxattrs(path) });
+    if (!this.savedTimes.has(rel)) this.savedTimes.set(rel, { atime: st.atimeNs, mtime: st.mtimeNs });
   }
 
   private ensureUndoDir(): string {
@@ -793,7 +793,7 @@ class Applier {
     }
     if (this.undoDir) rmSync(this.undoDir, { recursive: true, force: true });
     // Last: every rename and removal above moved the parents' mtimes.
-    for (const [rel, t] of this.savedTimes) lutimesSync(abs(this.upper, rel), t.atime, t.mtime);
+    for (const [rel, t] of this.savedTimes) lutimesNs(abs(this.upper, rel), t.atime, t.mtime);
   }
 }
 
@@ -818,6 +818,8 @@ export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, t
     captureRawXattrs(extract);
     extract.on('entry', (h, body, next) => {
       const header = h as unknown as EntryHeader;
+      // A failure destroys the extractor, which destroys the entry stream with the same error: it is reported once, below.
+      body.on('error', () => {});
       let file: PendingFile | undefined;
       try {
         file = applier.begin(header);

@@ -19,6 +19,7 @@ interface Libc {
   lgetxattr: Fn;
   llistxattr: Fn;
   lremovexattr: Fn;
+  utimensat: Fn;
 }
 
 let libc: Libc | undefined;
@@ -34,6 +35,7 @@ function load(): Libc {
     lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)'),
     llistxattr: lib.func('intptr_t llistxattr(const char *path, void *list, size_t size)'),
     lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
+    utimensat: lib.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
   };
   return libc;
 }
@@ -106,6 +108,22 @@ export function lremovexattr(path: string, name: string): void {
 }
 
 const scratch = Buffer.alloc(64 * 1024);
+
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+
+/**
+ * Sets atime and mtime to the nanosecond (Node's `lutimes` goes through a
+ * double and loses the last digits), never following a final symlink.
+ */
+export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void {
+  const ts = Buffer.alloc(32);
+  ts.writeBigInt64LE(atimeNs / 1_000_000_000n, 0);
+  ts.writeBigInt64LE(atimeNs % 1_000_000_000n, 8);
+  ts.writeBigInt64LE(mtimeNs / 1_000_000_000n, 16);
+  ts.writeBigInt64LE(mtimeNs % 1_000_000_000n, 24);
+  if ((load().utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) as number) !== 0) throw sysError('utimensat', path);
+}
 
 /** `lgetxattr(2)`; `undefined` when the attribute is absent. */
 export function lgetxattr(path: string, name: string): Buffer | undefined {
