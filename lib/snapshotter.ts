@@ -265,7 +265,11 @@ export class Snapshotter {
     if (row.kind === 'committed') return { size: row.size, inodes: row.inodes };
     const upper = fsDir(this.settings, row.id);
     const usage = diskUsage(upper);
-    if (usage.inodes === 0) throw this.missingDir(key, upper);
+    if (usage.inodes === 0) {
+      // Removed meanwhile (NotFound), or the store is damaged.
+      if (this.store.get(key)?.id !== row.id) throw new NotFoundError(`snapshot ${q(key)} not found`);
+      throw this.missingDir(key, upper);
+    }
     return usage;
   }
 
@@ -408,10 +412,18 @@ export class Snapshotter {
     const row = this.store.checkCommit(name, key);
     // The usage walk and the sync are slow disk work: done outside the write transaction.
     const upper = fsDir(this.settings, row.id);
-    const usage = diskUsage(upper);
-    if (usage.inodes === 0) throw this.missingDir(key, upper);
-    // The layer's data must be on disk before the record says it is committed.
-    if (this.options.durableLayers) syncFilesystem(upper);
+    let usage: Usage;
+    try {
+      usage = diskUsage(upper);
+      if (usage.inodes === 0) throw Object.assign(new Error(`${upper} is missing`), { code: 'ENOENT' });
+      // The layer's data must be on disk before the record says it is committed.
+      if (this.options.durableLayers) syncFilesystem(upper);
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') throw err;
+      // Removed meanwhile (NotFound), or the store is damaged.
+      this.store.checkCommit(name, key);
+      throw this.missingDir(key, upper);
+    }
     this.ensureOpen();
     fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
@@ -514,7 +526,14 @@ export class Snapshotter {
         // Claim it under the lock: a crashed creation's id can be allocated
         // again, and must then find its place free, not deleted later.
         const to = `${TRASH_PREFIX}${uuidv4()}`;
-        renameSync(`${this.snapshotsDir}/${name}`, `${this.snapshotsDir}/${to}`);
+        try {
+          renameSync(`${this.snapshotsDir}/${name}`, `${this.snapshotsDir}/${to}`);
+        } catch (err) {
+          // A synchronous remove (here or in another process) deletes its
+          // dir after its transaction, without the lock: already gone is fine.
+          if (errnoOf(err) === 'ENOENT') continue;
+          throw err;
+        }
         claimed.push(to);
         report.removed.push(name);
       }
