@@ -168,7 +168,7 @@ class Differ {
         (header as { pax?: unknown }).pax = pax;
       } else {
         const records: Array<[string, string | Buffer]> = [];
-        const name = header.type === 'directory' ? `${header.name}/` : header.name;
+        const name = header.name;
         const linkname = header.linkname || undefined;
         if (!fitsUstar(name, linkname)) {
           records.push(['path', name]);
@@ -275,6 +275,8 @@ class Differ {
     const header = { name: rel, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: this.mtime(st) } as Header & { linkname?: string };
     if (st.isDirectory()) {
       header.type = 'directory';
+      // tar-stream does not add the conventional trailing slash to directory names itself.
+      header.name = `${rel}/`;
       await this.add(header, list);
       if (opaque) {
         await this.add({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0o644, uid: 0, gid: 0, mtime: this.mtime(st) } as Header, [], Buffer.alloc(0));

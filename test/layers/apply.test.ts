@@ -1,0 +1,253 @@
+/** applyLayer: the behaviours beyond the round trip (copy-up, type changes, whiteout order, inputs). */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, test } from 'node:test';
+import { deflateSync, gzipSync } from 'node:zlib';
+import { InvalidArgumentError } from '../../lib/errors.js';
+import { applyLayer } from '../../lib/layers/apply.js';
+import { detectCompression } from '../../lib/layers/compression.js';
+import { lgetxattr } from '../../lib/layers/sys.js';
+import { buildTree, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
+
+const OPAQUE = 'trusted.overlay.opaque';
+
+async function withDirs(fn: (top: string) => Promise<void>): Promise<void> {
+  if (REQUIRE_MOUNT) assertCanMount();
+  const top = tempDir('layers-apply-');
+  try {
+    await fn(top);
+  } finally {
+    unmount(join(top, 'mnt'));
+    rmSync(top, { recursive: true, force: true });
+  }
+}
+
+const src = (buf: Buffer): Readable => Readable.from([buf]);
+
+describe('applyLayer', mountTestOptions(), () => {
+  test('a hard link to a lower file copies the file up and links to the copy', () =>
+    withDirs(async (top) => {
+      const lower = join(top, 'lower');
+      const upper = join(top, 'upper');
+      buildTree(lower, [
+        { path: 'usr', type: 'dir', mode: 0o751, uid: 3, gid: 4, xattrs: { 'user.tag': 'usr' } },
+        { path: 'usr/lib', type: 'dir', mode: 0o755 },
+        { path: 'usr/lib/libfoo.so', type: 'file', content: 'ELF', mode: 0o4755, uid: 7, gid: 8, xattrs: { 'user.cap': 'c' } },
+      ]);
+      mkdirSync(upper);
+      const layer = await packTar([{ header: { name: 'usr/lib/libfoo.so.1', type: 'link', linkname: 'usr/lib/libfoo.so' } }]);
+      await applyLayer(src(layer), { upper, lowers: [lower] });
+      const a = lstatSync(join(upper, 'usr/lib/libfoo.so'));
+      const b = lstatSync(join(upper, 'usr/lib/libfoo.so.1'));
+      assert.equal(a.ino, b.ino);
+      assert.equal(a.nlink, 2);
+      assert.equal(a.mode & 0o7777, 0o4755);
+      assert.deepEqual([a.uid, a.gid], [7, 8]);
+      assert.equal(readFileSync(join(upper, 'usr/lib/libfoo.so'), 'utf8'), 'ELF');
+      assert.equal(lgetxattr(join(upper, 'usr/lib/libfoo.so'), 'user.cap')?.toString(), 'c');
+      // The parents were copied up with their metadata, not made 0755 root.
+      const usr = lstatSync(join(upper, 'usr'));
+      assert.equal(usr.mode & 0o7777, 0o751);
+      assert.deepEqual([usr.uid, usr.gid], [3, 4]);
+      assert.equal(lgetxattr(join(upper, 'usr'), 'user.tag')?.toString(), 'usr');
+      assert.equal(lgetxattr(join(upper, 'usr'), OPAQUE), undefined);
+      // The lower is untouched.
+      assert.equal(lstatSync(join(lower, 'usr/lib/libfoo.so')).nlink, 1);
+    }));
+
+  test('a missing parent is created 0755 and owned by root', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      mkdirSync(upper);
+      await applyLayer(src(await packTar([{ header: { name: 'a/b/c', type: 'file' }, body: 'c' }])), { upper, lowers: [] });
+      assert.equal(lstatSync(join(upper, 'a/b')).mode & 0o7777, 0o755);
+      assert.equal(readFileSync(join(upper, 'a/b/c'), 'utf8'), 'c');
+    }));
+
+  test('a whiteout hides only lower layers: an entry of the same layer stays, before or after the marker', () =>
+    withDirs(async (top) => {
+      const lower = join(top, 'lower');
+      const upper = join(top, 'upper');
+      buildTree(lower, [
+        { path: 'd', type: 'dir' },
+        { path: 'd/old', type: 'file', content: 'old' },
+        { path: 'd/x', type: 'file', content: 'lower x' },
+      ]);
+      mkdirSync(upper);
+      const layer = await packTar([
+        { header: { name: 'd', type: 'directory' } },
+        { header: { name: 'd/x', type: 'file' }, body: 'layer x' },
+        { header: { name: 'd/.wh.x', type: 'file' }, body: '' },
+        { header: { name: 'd/mine', type: 'file' }, body: 'mine' },
+        { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
+        { header: { name: 'd/after', type: 'file' }, body: 'after' },
+      ]);
+      await applyLayer(src(layer), { upper, lowers: [lower] });
+      assert.equal(lgetxattr(join(upper, 'd'), OPAQUE)?.toString(), 'y');
+      const mnt = join(top, 'mnt');
+      mkdirSync(mnt);
+      mountOverlay([upper, lower], mnt);
+      try {
+        assert.deepEqual(readdirSync(join(mnt, 'd')).sort(), ['after', 'mine', 'x']);
+        assert.equal(readFileSync(join(mnt, 'd/x'), 'utf8'), 'layer x');
+      } finally {
+        unmount(mnt);
+      }
+    }));
+
+  test('in a parentless snapshot whiteouts and opaque markers delete, and no marker is left', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      buildTree(upper, [
+        { path: 'gone', type: 'file' },
+        { path: 'd', type: 'dir' },
+        { path: 'd/old', type: 'file' },
+        { path: 'e', type: 'dir' },
+        { path: 'e/deep', type: 'dir' },
+        { path: 'e/deep/f', type: 'file' },
+      ]);
+      const layer = await packTar([
+        { header: { name: '.wh.gone', type: 'file' }, body: '' },
+        { header: { name: 'd/new', type: 'file' }, body: 'n' },
+        { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
+        { header: { name: '.wh.e', type: 'file' }, body: '' },
+        { header: { name: 'nothere/.wh.x', type: 'file' }, body: '' },
+      ]);
+      await applyLayer(src(layer), { upper, lowers: [] });
+      assert.deepEqual(readdirSync(upper).sort(), ['d']);
+      assert.deepEqual(readdirSync(join(upper, 'd')), ['new']);
+    }));
+
+  test('a dir replacing a whiteout or a file of the upper is made opaque when a lower has that dir', () =>
+    withDirs(async (top) => {
+      const lower = join(top, 'lower');
+      const upper = join(top, 'upper');
+      buildTree(lower, [
+        { path: 'd', type: 'dir' },
+        { path: 'd/lowerchild', type: 'file' },
+        { path: 'f', type: 'dir' },
+        { path: 'f/lowerchild', type: 'file' },
+        { path: 'g', type: 'dir' },
+        { path: 'g/lowerchild', type: 'file' },
+      ]);
+      mkdirSync(upper);
+      // First layer: delete d, replace f by a file; second: bring both back as dirs.
+      await applyLayer(src(await packTar([{ header: { name: '.wh.d', type: 'file' }, body: '' }, { header: { name: 'f', type: 'file' }, body: 'file' }])), { upper, lowers: [lower] });
+      await applyLayer(
+        src(
+          await packTar([
+            { header: { name: 'd', type: 'directory' } },
+            { header: { name: 'd/new', type: 'file' }, body: 'n' },
+            { header: { name: 'f', type: 'directory' } },
+            { header: { name: 'g', type: 'directory', mode: 0o700 } },
+          ]),
+        ),
+        { upper, lowers: [lower] },
+      );
+      assert.equal(lgetxattr(join(upper, 'd'), OPAQUE)?.toString(), 'y');
+      assert.equal(lgetxattr(join(upper, 'f'), OPAQUE)?.toString(), 'y');
+      assert.equal(lgetxattr(join(upper, 'g'), OPAQUE), undefined, 'a dir over a lower dir merges');
+      const mnt = join(top, 'mnt');
+      mkdirSync(mnt);
+      mountOverlay([upper, lower], mnt);
+      try {
+        assert.deepEqual(readdirSync(join(mnt, 'd')), ['new']);
+        assert.deepEqual(readdirSync(join(mnt, 'f')), []);
+        assert.deepEqual(readdirSync(join(mnt, 'g')), ['lowerchild']);
+        assert.equal(lstatSync(join(mnt, 'g')).mode & 0o7777, 0o700);
+      } finally {
+        unmount(mnt);
+      }
+    }));
+
+  test('a file replacing a symlink replaces the link and never writes through it', () =>
+    withDirs(async (top) => {
+      const outside = join(top, 'outside');
+      const upper = join(top, 'upper');
+      const lower = join(top, 'lower');
+      buildTree(outside, [{ path: 'target', type: 'file', content: 'untouched' }]);
+      buildTree(lower, [{ path: 'lowlink', type: 'symlink', target: join(outside, 'target') }]);
+      buildTree(upper, [{ path: 'uplink', type: 'symlink', target: join(outside, 'target') }]);
+      const layer = await packTar([
+        { header: { name: 'uplink', type: 'file' }, body: 'evil' },
+        { header: { name: 'lowlink', type: 'file' }, body: 'evil' },
+        { header: { name: 'dirlink', type: 'symlink', linkname: outside } },
+        { header: { name: 'dirlink', type: 'directory' } },
+      ]);
+      await applyLayer(src(layer), { upper, lowers: [lower] });
+      assert.equal(readFileSync(join(outside, 'target'), 'utf8'), 'untouched');
+      assert.deepEqual(readdirSync(outside), ['target']);
+      assert.equal(readFileSync(join(upper, 'uplink'), 'utf8'), 'evil');
+      assert.equal(readFileSync(join(upper, 'lowlink'), 'utf8'), 'evil');
+      assert.ok(lstatSync(join(upper, 'dirlink')).isDirectory());
+    }));
+
+  test('a directory of the upper replaced by a file goes away with its contents', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      buildTree(upper, [
+        { path: 'd', type: 'dir' },
+        { path: 'd/x', type: 'file' },
+      ]);
+      await applyLayer(src(await packTar([{ header: { name: 'd', type: 'symlink', linkname: 'elsewhere' } }])), { upper, lowers: [] });
+      assert.equal(readlinkSync(join(upper, 'd')), 'elsewhere');
+    }));
+
+  test('the digest covers the whole uncompressed stream, padding included, and gzip is detected', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      mkdirSync(upper);
+      const tarBuf = Buffer.concat([await packTar([{ header: { name: 'f', type: 'file' }, body: 'hello' }]), Buffer.alloc(8192)]);
+      const res = await applyLayer(src(gzipSync(tarBuf)), { upper, lowers: [] });
+      assert.equal(res.digest, `sha256:${createHash('sha256').update(tarBuf).digest('hex')}`);
+      assert.equal(res.size, tarBuf.length);
+      assert.equal(res.compression, 'gzip');
+    }));
+
+  test('an empty stream, garbage, a truncated tar and xz are InvalidArgumentError, and the upper is untouched', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      buildTree(upper, [{ path: 'keep', type: 'file', content: 'k' }]);
+      const before = treeFingerprint(upper, { dirMtimes: true });
+      const good = await packTar([
+        { header: { name: 'a', type: 'file' }, body: 'a'.repeat(3000) },
+        { header: { name: 'keep', type: 'file' }, body: 'changed' },
+      ]);
+      const inputs: Array<[string, Buffer]> = [
+        ['garbage', Buffer.from('this is not a tar archive at all'.repeat(40))],
+        ['truncated', good.subarray(0, 1500)],
+        ['truncated gzip', gzipSync(good).subarray(0, 60)],
+        ['xz', Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0, 0])],
+        ['zlib without gzip header', deflateSync(good)],
+      ];
+      for (const [what, buf] of inputs) {
+        await assert.rejects(applyLayer(src(buf), { upper, lowers: [] }), InvalidArgumentError, what);
+        assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before, what);
+      }
+      // An empty stream is an empty layer (nothing to apply).
+      const res = await applyLayer(src(Buffer.alloc(0)), { upper, lowers: [] });
+      assert.equal(res.size, 0);
+    }));
+
+  test('a target that is not a directory is InvalidArgumentError', () =>
+    withDirs(async (top) => {
+      writeFileSync(join(top, 'file'), '');
+      await assert.rejects(applyLayer(src(Buffer.alloc(1024)), { upper: join(top, 'file'), lowers: [] }), InvalidArgumentError);
+      await assert.rejects(applyLayer(src(Buffer.alloc(1024)), { upper: join(top, 'missing'), lowers: [] }), InvalidArgumentError);
+    }));
+});
+
+describe('detectCompression', () => {
+  test('recognises gzip, zstd, xz and bzip2 magic bytes, and plain tar otherwise', () => {
+    assert.equal(detectCompression(Buffer.from([0x1f, 0x8b, 8, 0])), 'gzip');
+    assert.equal(detectCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), 'zstd');
+    assert.equal(detectCompression(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])), 'xz');
+    assert.equal(detectCompression(Buffer.from('BZh9')), 'bzip2');
+    assert.equal(detectCompression(Buffer.from('etc/passwd')), 'none');
+    assert.equal(detectCompression(Buffer.alloc(0)), 'none');
+  });
+});

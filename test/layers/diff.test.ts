@@ -1,0 +1,169 @@
+/** diffLayer: empty diffs, kernel-made changes diffed and re-applied, determinism, compression, options. */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
+import { InvalidArgumentError } from '../../lib/errors.js';
+import { applyLayer } from '../../lib/layers/apply.js';
+import { diffLayer } from '../../lib/layers/diff.js';
+import { buildTree, collector, compareFingerprints, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
+
+const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const EMPTY_LAYER = Buffer.alloc(1024);
+
+async function withDirs(fn: (top: string) => Promise<void>): Promise<void> {
+  if (REQUIRE_MOUNT) assertCanMount();
+  const top = tempDir('layers-diff-');
+  try {
+    await fn(top);
+  } finally {
+    for (const m of ['mnt', 'mnt2']) unmount(join(top, m));
+    rmSync(top, { recursive: true, force: true });
+  }
+}
+
+async function diffToBuffer(upper: string, lowers: string[], opts?: Parameters<typeof diffLayer>[2]) {
+  const out = collector();
+  const res = await diffLayer({ upper, lowers }, out.stream, opts);
+  return { res, bytes: out.bytes() };
+}
+
+/** Mounts upper over lowers read-write with a workdir, as an active snapshot is mounted. */
+function mountActive(upper: string, work: string, lowers: string[], target: string): void {
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work}`, target]);
+}
+
+describe('diffLayer', mountTestOptions(), () => {
+  test('the diff of an unchanged active is an empty layer: just the two end blocks', () =>
+    withDirs(async (top) => {
+      const lower = join(top, 'lower');
+      const upper = join(top, 'upper');
+      buildTree(lower, [{ path: 'f', type: 'file', content: 'f' }]);
+      mkdirSync(upper);
+      const { res, bytes } = await diffToBuffer(upper, [lower]);
+      assert.deepEqual(bytes, EMPTY_LAYER);
+      assert.equal(res.digest, sha256(EMPTY_LAYER));
+      assert.equal(res.size, 1024);
+      const gz = await diffToBuffer(upper, [lower], { compression: 'gzip' });
+      assert.deepEqual(gunzipSync(gz.bytes), EMPTY_LAYER);
+      assert.equal(gz.res.digest, sha256(EMPTY_LAYER));
+      assert.equal(gz.res.compressedDigest, sha256(gz.bytes));
+      assert.equal(gz.res.compressedSize, gz.bytes.length);
+    }));
+
+  test('changes made through a mounted overlay, diffed and applied onto the parent, reproduce the child', () =>
+    withDirs(async (top) => {
+      const lower = join(top, 'lower');
+      buildTree(lower, [
+        { path: 'etc', type: 'dir' },
+        { path: 'etc/hosts', type: 'file', content: 'hosts' },
+        { path: 'etc/gone', type: 'file', content: 'gone' },
+        { path: 'var', type: 'dir' },
+        { path: 'var/cache', type: 'dir' },
+        { path: 'var/cache/a', type: 'file', content: 'a' },
+        { path: 'var/cache/b', type: 'file', content: 'b' },
+        { path: 'bin', type: 'dir' },
+        { path: 'bin/sh', type: 'file', content: 'sh', mode: 0o755 },
+      ]);
+      const upper = join(top, 'upper');
+      const work = join(top, 'work');
+      const mnt = join(top, 'mnt');
+      for (const d of [upper, work, mnt]) mkdirSync(d);
+      mountActive(upper, work, [lower], mnt);
+      try {
+        writeFileSync(join(mnt, 'etc/hosts'), 'changed');
+        rmSync(join(mnt, 'etc/gone')); // kernel whiteout
+        rmSync(join(mnt, 'var/cache'), { recursive: true });
+        mkdirSync(join(mnt, 'var/cache')); // kernel opaque dir
+        writeFileSync(join(mnt, 'var/cache/c'), 'c');
+        chmodSync(join(mnt, 'bin/sh'), 0o4755); // metadata-only copy-up
+        mkdirSync(join(mnt, 'new'));
+        writeFileSync(join(mnt, 'new/file'), 'x'.repeat(3 * 1024 * 1024)); // streamed in chunks
+        execFileSync('ln', [join(mnt, 'new/file'), join(mnt, 'new/link')]);
+        renameSync(join(mnt, 'new/link'), join(mnt, 'new/link2'));
+      } finally {
+        unmount(mnt);
+      }
+      const { res, bytes } = await diffToBuffer(upper, [lower]);
+      const names = [...(await tarFingerprint(bytes)).entries.keys()];
+      assert.ok(names.includes('etc/.wh.gone'));
+      assert.ok(names.includes('var/cache/.wh..wh..opq'));
+      assert.ok(names.indexOf('var/cache/.wh..wh..opq') < names.indexOf('var/cache/c'), 'the opaque marker comes before the dir\'s entries');
+
+      const upper2 = join(top, 'upper2');
+      mkdirSync(upper2);
+      const applied = await applyLayer(Readable.from([bytes]), { upper: upper2, lowers: [lower] });
+      assert.equal(applied.digest, res.digest);
+      const mnt2 = join(top, 'mnt2');
+      mkdirSync(mnt2);
+      mountOverlay([upper, lower], mnt);
+      mountOverlay([upper2, lower], mnt2);
+      try {
+        const a = treeFingerprint(mnt, { dirMtimes: true });
+        const b = treeFingerprint(mnt2, { dirMtimes: true });
+        assert.deepEqual(compareFingerprints(a.entries, b.entries, ['child', 'reapplied']), []);
+        assert.deepEqual(a.links, b.links);
+        assert.equal(a.entries.get('etc/gone'), undefined);
+        assert.deepEqual(
+          [...a.entries.keys()].filter((k) => k.startsWith('var/cache/')),
+          ['var/cache/c'],
+        );
+      } finally {
+        unmount(mnt);
+        unmount(mnt2);
+      }
+      // Diffing the re-applied upper gives the same bytes.
+      assert.equal((await diffToBuffer(upper2, [lower])).res.digest, res.digest);
+    }));
+
+  test('the output is deterministic, and sourceDateEpoch clamps mtimes so different times give the same digest', () =>
+    withDirs(async (top) => {
+      const specs = [
+        { path: 'b', type: 'dir' as const },
+        { path: 'b/z', type: 'file' as const, content: 'z' },
+        { path: 'a', type: 'file' as const, content: 'a', xattrs: { 'user.x': Buffer.from([0xc3, 0x28, 0xff]) } },
+        { path: `${'l'.repeat(150)}`, type: 'file' as const, content: 'long', xattrs: { 'trusted.bin': Buffer.from([0x80]) } },
+      ];
+      const one = join(top, 'one');
+      const two = join(top, 'two');
+      buildTree(one, specs);
+      buildTree(two, specs);
+      utimesSync(join(two, 'a'), 1_700_000_000, 1_700_000_000);
+      const d1 = await diffToBuffer(one, []);
+      const d1again = await diffToBuffer(one, []);
+      assert.equal(d1.res.digest, d1again.res.digest);
+      const d2 = await diffToBuffer(two, []);
+      assert.notEqual(d1.res.digest, d2.res.digest);
+      const epoch = 1_500_000_000;
+      const c1 = await diffToBuffer(one, [], { sourceDateEpoch: epoch });
+      const c2 = await diffToBuffer(two, [], { sourceDateEpoch: epoch });
+      assert.equal(c1.res.digest, c2.res.digest);
+      for (const fp of (await tarFingerprint(c1.bytes)).entries.values()) assert.ok(fp.mtime <= epoch);
+      // Entries come sorted, parents first.
+      const names = [...(await tarFingerprint(d1.bytes)).entries.keys()];
+      assert.deepEqual(names, ['a', 'b', 'b/z', 'l'.repeat(150)]);
+      // Binary xattrs and long names survive diff → apply.
+      const back = join(top, 'back');
+      mkdirSync(back);
+      await applyLayer(Readable.from([d1.bytes]), { upper: back, lowers: [] });
+      assert.deepEqual(compareFingerprints(treeFingerprint(one).entries, treeFingerprint(back).entries), []);
+      // GNU tar reads it too.
+      const listed = execFileSync('tar', ['-tf', '-'], { input: d1.bytes }).toString().trim().split('\n');
+      assert.deepEqual(listed, ['a', 'b/', 'b/z', 'l'.repeat(150)]);
+    }));
+
+  test('bad options and a missing source are InvalidArgumentError', () =>
+    withDirs(async (top) => {
+      const out = collector();
+      await assert.rejects(diffLayer({ upper: top, lowers: [] }, out.stream, { compression: 'xz' as 'gzip' }), InvalidArgumentError);
+      await assert.rejects(diffLayer({ upper: top, lowers: [] }, out.stream, { sourceDateEpoch: -1 }), InvalidArgumentError);
+      await assert.rejects(diffLayer({ upper: top, lowers: [] }, out.stream, { gzipLevel: 12 }), InvalidArgumentError);
+      await assert.rejects(diffLayer({ upper: top, lowers: [] }, out.stream, { compresion: 'gzip' } as never), /Unknown diff option "compresion"/);
+      await assert.rejects(diffLayer({ upper: join(top, 'nope'), lowers: [] }, out.stream), InvalidArgumentError);
+    }));
+});
