@@ -1,0 +1,105 @@
+/**
+ * Hostile input: generated filters and keys either get their typed error or
+ * a correct result, never a crash or a hang, and failing calls leave the
+ * store exactly as it was.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { test } from 'node:test';
+import { type Info, type Snapshotter } from '../lib/index.js';
+import { parseFilters } from '../lib/filters.js';
+import { withSnapshotter } from './helpers/fixtures.js';
+import { prng } from './helpers/load.js';
+
+const PIECES = [
+  'kind', 'name', 'parent', 'labels', '.', ',', '==', '!=', '~=', '"', '/', '|', '\\', ' ', '\0', '\n', '../', '..',
+  'a', 'k1', 'committed', 'active', '"containerd.io/gc.root"', '(a+)+$', '.*', '[', ']', '{1000}', '\u00e9', '\ud800', '=', '!', '~',
+];
+
+function generate(rand: () => number): string {
+  const r = rand();
+  if (r < 0.02) return 'a'.repeat(100_000);
+  if (r < 0.04) return `name~=/${'(a+)+'.repeat(20)}$/`;
+  if (r < 0.1) return String.fromCharCode(...Array.from({ length: Math.floor(rand() * 40) }, () => Math.floor(rand() * 0x10000)));
+  const n = 1 + Math.floor(rand() * 8);
+  let s = '';
+  for (let i = 0; i < n; i++) s += PIECES[Math.floor(rand() * PIECES.length)]!;
+  return s;
+}
+
+async function snapshotOf(sn: Snapshotter): Promise<string> {
+  const all: Info[] = [];
+  await sn.walk((i) => void all.push(i));
+  return JSON.stringify(all);
+}
+
+test('10,000 generated filters and keys get a typed error or a correct result and never change the store', async () => {
+  await withSnapshotter({}, async (sn, root) => {
+    await sn.prepare('b');
+    await sn.commit('base', 'b', { labels: { 'containerd.io/gc.root': 'x', tier: 'a' } });
+    await sn.prepare('k1', 'base', { labels: { a: 'aaaa' } });
+    await sn.view('v1', 'base');
+    const all: Info[] = [];
+    await sn.walk((i) => void all.push(i));
+    const before = await snapshotOf(sn);
+    const rand = prng(20261125);
+    let typed = 0;
+    let ok = 0;
+    for (let i = 0; i < 10_000; i++) {
+      const input = generate(rand);
+      // As a filter: a typed error, or exactly the snapshots the filter matches.
+      try {
+        const seen: string[] = [];
+        await sn.walk((info) => void seen.push(info.name), input);
+        const filter = parseFilters([input]);
+        const expected = all
+          .filter((x) => filter.clauses.length === 0 || filter.match({ kind: x.kind, name: x.name, parent: x.parent ?? '', labels: x.labels }))
+          .map((x) => x.name);
+        assert.deepEqual(seen, expected, `filter ${JSON.stringify(input.slice(0, 80))}`);
+        ok++;
+      } catch (err) {
+        assert.equal((err as { code?: string }).code, 'ERR_INVALID_ARGUMENT', `filter ${JSON.stringify(input.slice(0, 80))}: ${String(err)}`);
+        typed++;
+      }
+      // As a key: stat finds nothing (or the snapshot of that name), a create on a missing parent fails typed.
+      try {
+        const info = await sn.stat(input);
+        assert.ok(all.some((x) => x.name === info.name));
+      } catch (err) {
+        assert.ok(['ERR_NOT_FOUND', 'ERR_INVALID_ARGUMENT'].includes((err as { code: string }).code), String(err));
+      }
+      // As a parent: only '' (no parent) and the committed 'base' can work; anything else fails typed.
+      if (input === '' || input === 'base') {
+        await sn.prepare(`fuzz-${i}`, input);
+        await sn.remove(`fuzz-${i}`);
+      } else {
+        await assert.rejects(sn.prepare(`fuzz-${i}`, input), (err: { code?: string }) => ['ERR_NOT_FOUND', 'ERR_INVALID_ARGUMENT'].includes(err.code!));
+      }
+      if (i % 1000 === 0) assert.equal(await snapshotOf(sn), before, 'failing calls changed nothing');
+    }
+    assert.equal(await snapshotOf(sn), before, 'failing calls changed nothing');
+    await sn.cleanup();
+    assert.deepEqual(readdirSync(`${root}/snapshots`).sort(), ['1', '2', '3']);
+    assert.ok(typed > 1000 && ok > 100, `typed errors ${typed}, results ${ok}`);
+  });
+});
+
+test('keys of every shape work as keys and never reach the filesystem', async () => {
+  await withSnapshotter({}, async (sn, root) => {
+    const rand = prng(7);
+    const made: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const key = `${generate(rand).replace(/\0/g, '')}#${i}`;
+      try {
+        await sn.prepare(key);
+        made.push(key);
+      } catch (err) {
+        assert.equal((err as { code?: string }).code, 'ERR_INVALID_ARGUMENT', String(err));
+        assert.match(key, /[\ud800-\udfff]/, 'only keys that are not well-formed Unicode are refused');
+      }
+    }
+    for (const key of made) assert.equal((await sn.stat(key)).name, key);
+    assert.ok(readdirSync(`${root}/snapshots`).every((n) => /^\d+$/.test(n)));
+    assert.equal(readdirSync(`${root}/snapshots`).length, made.length);
+  });
+});
