@@ -3,6 +3,8 @@ export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js'
 export type { SnapshotterOptions } from './options.js';
 export type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
 export { mountAll, unmountAll } from './mount/index.js';
+export { probeCapabilities } from './capabilities.js';
+export type { Capabilities, CapabilityCache, ProbeCapabilitiesOptions } from './capabilities.js';
 export {
   SnapshotterError,
   NotFoundError,

@@ -66,6 +66,16 @@ export interface SnapshotterOptions {
    * @default 30000
    */
   busyTimeout?: number;
+  /**
+   * How snapshots are stored and mounted. `'overlay'` stacks layers with
+   * overlayfs; open fails with UnavailableError where overlay cannot run
+   * (a root on overlayfs, a filesystem without d_type, no overlay in the
+   * kernel). `'native'` works on any root: each new active with a parent
+   * starts as a full copy of its parent's tree (reflinked where the
+   * filesystem can), and every mount is a bind. See docs/capabilities.md.
+   * @default 'overlay'
+   */
+  driver?: 'overlay' | 'native';
 }
 
 /** Options after defaults are applied. */
@@ -78,6 +88,7 @@ export interface ResolvedOptions {
   readonly busyTimeout: number;
   readonly durableLayers: boolean;
   readonly unmountOnRemove: boolean;
+  readonly driver: 'overlay' | 'native';
 }
 
 const DEFAULTS: ResolvedOptions = {
@@ -89,6 +100,7 @@ const DEFAULTS: ResolvedOptions = {
   busyTimeout: 30_000,
   durableLayers: true,
   unmountOnRemove: false,
+  driver: 'overlay',
 };
 
 const KNOWN = Object.keys(DEFAULTS) as (keyof ResolvedOptions)[];
@@ -169,6 +181,9 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     if (typeof out[name] !== 'boolean') {
       throw new InvalidArgumentError(`Expected \`${name}\` to be a boolean, got ${describe(out[name])}`);
     }
+  }
+  if (out.driver !== 'overlay' && out.driver !== 'native') {
+    throw new InvalidArgumentError(`Expected \`driver\` to be 'overlay' or 'native', got ${typeof out.driver === 'string' ? JSON.stringify(out.driver) : describe(out.driver)}`);
   }
   if (out.userxattr !== 'auto' && typeof out.userxattr !== 'boolean') {
     throw new InvalidArgumentError(`Expected \`userxattr\` to be true, false or 'auto', got ${describe(out.userxattr)}`);

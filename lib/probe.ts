@@ -3,12 +3,13 @@
  * "Kernel and filesystem checks at open").
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { release } from 'node:os';
+import { constants as osConstants, release } from 'node:os';
 import createDebug from 'debug';
 import koffi from 'koffi';
 import type * as Koffi from 'koffi';
 import { v4 as uuidv4 } from 'uuid';
 import { mountAll, unmountAll } from './mount/index.js';
+import { FSOPEN_CLOEXEC, close, fsconfigString, fsopen } from './mount/syscalls.js';
 
 const debug = createDebug('overlay-snapshotter:probe');
 
@@ -100,31 +101,163 @@ export function supportsDType(dir: string): boolean {
   }
 }
 
+/** Outcome of the overlay mount probe: `ok` is null when it could not be tried (no privilege to mount). */
+export interface OverlayMountProbe {
+  ok: boolean | null;
+  error?: Error;
+}
+
 /**
- * Mounts an overlay with two lowerdirs in a scratch dir under `dir`, as
- * containerd does at start, and returns the error if it fails. Without the
- * privilege to mount at all (EPERM), the answer is `undefined`: specs can
- * still be handed to a runtime that has it.
+ * Mounts an overlay with two lowerdirs and an upper in a scratch dir under
+ * `dir`, as containerd does at start, with `options` appended (`userxattr`
+ * where the specs will carry it), and unmounts it. Without the privilege to
+ * mount at all (EPERM) the answer is `ok: null`: specs can still be handed
+ * to a runtime that has it.
  */
-export async function overlayMountError(dir: string): Promise<Error | undefined> {
+export async function probeOverlayMount(dir: string, options: readonly string[] = []): Promise<OverlayMountProbe> {
   const base = `${dir}/overlay-probe-${uuidv4()}`;
   const paths = ['lower1', 'lower2', 'upper', 'work', 'merged'].map((n) => `${base}/${n}`);
   for (const p of paths) mkdirSync(p, { recursive: true, mode: 0o700 });
   const [lower1, lower2, upper, work, merged] = paths as [string, string, string, string, string];
   try {
-    await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, `lowerdir=${lower2}:${lower1}`] }], merged);
+    await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, `lowerdir=${lower2}:${lower1}`, ...options] }], merged);
     await unmountAll(merged);
-    return undefined;
+    return { ok: true };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EPERM') {
-      debug('overlay mount probe: no privilege to mount (%s); skipped', (err as Error).message);
-      return undefined;
+      debug('overlay mount probe: no privilege to mount (%s); not tested', (err as Error).message);
+      return { ok: null };
     }
-    return err as Error;
+    debug('overlay mount probe failed: %s', (err as Error).message);
+    return { ok: false, error: err as Error };
   } finally {
     await unmountAll(merged).catch(() => undefined);
     rmSync(base, { recursive: true, force: true });
   }
+}
+
+/**
+ * {@link probeOverlayMount} as an error: the mount's error if it fails,
+ * `undefined` if it works or could not be tried.
+ */
+export async function overlayMountError(dir: string, options: readonly string[] = []): Promise<Error | undefined> {
+  const probe = await probeOverlayMount(dir, options);
+  return probe.ok === false ? probe.error : undefined;
+}
+
+const OVERLAY_PARAMETERS = '/sys/module/overlay/parameters';
+
+/**
+ * A boolean parameter of the overlay module (`Y`/`N` in
+ * /sys/module/overlay/parameters): the default of the mount option of the
+ * same name. `undefined` when the parameter does not exist (an older
+ * kernel, or overlay not loaded yet) or is not a boolean.
+ */
+export function overlayParameter(name: 'index' | 'redirect_dir' | 'metacopy' | 'xino_auto' | 'nfs_export'): boolean | undefined {
+  let value: string;
+  try {
+    value = readFileSync(`${OVERLAY_PARAMETERS}/${name}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+  if (value === 'Y' || value === 'y' || value === '1') return true;
+  if (value === 'N' || value === 'n' || value === '0') return false;
+  return undefined;
+}
+
+/** `[major, minor]` of a kernel release string such as `6.8.0-45-generic`; `[0, 0]` if it does not parse. */
+export function kernelVersion(rel = release()): [number, number] {
+  const m = /^(\d+)\.(\d+)/.exec(rel);
+  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+}
+
+/** True when the running kernel is at least `major.minor`. */
+export function kernelAtLeast(major: number, minor: number, rel = release()): boolean {
+  const [a, b] = kernelVersion(rel);
+  return a > major || (a === major && b >= minor);
+}
+
+/**
+ * Whether the kernel accepts overlay lower layers one by one through the
+ * new mount API (`fsopen("overlay")`, `fsconfig(FSCONFIG_SET_STRING,
+ * "lowerdir+", ...)`, kernel 6.8+). Asks the kernel rather than comparing
+ * versions, since backports exist and seccomp may block the syscalls.
+ * Nothing is mounted. `null` when this process may not open a filesystem
+ * context at all (EPERM: no CAP_SYS_ADMIN in its mount namespace's owner).
+ */
+export function probeLowerdirPlus(): boolean | null {
+  let fd = -1;
+  try {
+    fd = fsopen('overlay', FSOPEN_CLOEXEC);
+    fsconfigString(fd, 'lowerdir+', '/', 'probe fsconfig lowerdir+ "/"');
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    debug('lowerdir+ probe: %s', (err as Error).message);
+    return fd < 0 && code === 'EPERM' ? null : false;
+  } finally {
+    if (fd >= 0) close(fd);
+  }
+}
+
+/** mount_setattr(2) is 442 in the unified syscall table, the same on every architecture. */
+const NR_MOUNT_SETATTR = 442;
+const MOUNT_ATTR_IDMAP = 0x100000;
+const AT_EMPTY_PATH = 0x1000;
+/** sizeof(struct mount_attr), MOUNT_ATTR_SIZE_VER0: attr_set, attr_clr, propagation, userns_fd (u64 each). */
+const MOUNT_ATTR_SIZE = 32;
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+let rawSyscall: ((...args: any[]) => number | bigint) | undefined;
+
+/**
+ * Whether the kernel can make ID-mapped mounts (`mount_setattr(2)` with
+ * `MOUNT_ATTR_IDMAP`, Linux 5.12+), asked without spawning anything and
+ * without a user namespace: the call is made with a user-namespace
+ * descriptor that cannot be open (INT_MAX). A kernel that knows the
+ * attribute reaches the descriptor lookup and answers EBADF; one without
+ * mount_setattr answers ENOSYS, one without the attribute EINVAL. `null`
+ * when the process may not mount at all (EPERM), so the kernel never got
+ * that far. Whether a given filesystem allows ID-mapped mounts of itself
+ * (FS_ALLOW_IDMAP) can only be learnt by making one, which needs a user
+ * namespace of our own: not probed (see docs/capabilities.md).
+ */
+export function probeIdmappedMounts(): boolean | null {
+  rawSyscall ??= koffi.load('libc.so.6').func('long syscall(long number, ...)');
+  const attr = Buffer.alloc(MOUNT_ATTR_SIZE);
+  attr.writeBigUInt64LE(BigInt(MOUNT_ATTR_IDMAP), 0);
+  attr.writeBigUInt64LE(BigInt(2 ** 31 - 1), 24);
+  const result = Number(rawSyscall(NR_MOUNT_SETATTR, 'int', -1, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', MOUNT_ATTR_SIZE));
+  const errno = result < 0 ? koffi.errno() : 0;
+  debug('idmapped mount probe: mount_setattr answered %d (errno %d)', result, errno);
+  if (errno === osConstants.errno.EBADF) return true;
+  if (errno === osConstants.errno.EPERM) return null;
+  return false;
+}
+
+/** Names of the statfs magic numbers a root is likely to be on. */
+const FILESYSTEM_NAMES: ReadonlyMap<number, string> = new Map([
+  [0xef53, 'ext4'],
+  [0x58465342, 'xfs'],
+  [0x9123683e, 'btrfs'],
+  [TMPFS_MAGIC, 'tmpfs'],
+  [OVERLAYFS_SUPER_MAGIC, 'overlay'],
+  [0x2fc12fc1, 'zfs'],
+  [0xf2f52010, 'f2fs'],
+  [0x6969, 'nfs'],
+  [0x65735546, 'fuse'],
+  [0x01021997, '9p'],
+  [0x858458f6, 'ramfs'],
+  [0x4d44, 'vfat'],
+  [0x5346544e, 'ntfs'],
+  [0x73717368, 'squashfs'],
+  [0xe0f5e1e2, 'erofs'],
+  [0xca451a4e, 'bcachefs'],
+]);
+
+/** A readable name for a statfs magic number, e.g. `ext4`, else `0x…`. */
+export function filesystemName(magic: number): string {
+  return FILESYSTEM_NAMES.get(magic) ?? `0x${magic.toString(16)}`;
 }
 
 /** The running kernel's release, the key under which probe results are cached. */

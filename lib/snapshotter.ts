@@ -10,17 +10,8 @@ import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
 import { unmountAll } from './mount/index.js';
 import { snapshotMounts } from './mountinfo.js';
 import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './options.js';
-import {
-  OVERLAYFS_SUPER_MAGIC,
-  TMPFS_MAGIC,
-  filesystemType,
-  inUserNamespace,
-  kernelHasIndexParam,
-  kernelRelease,
-  overlayListed,
-  overlayMountError,
-  supportsDType,
-} from './probe.js';
+import { type Capabilities, probeCapabilities } from './capabilities.js';
+import { copyTree } from './native.js';
 import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './specs.js';
 import { type Record_, Store } from './store.js';
 import { syncFilesystem } from './sync.js';
@@ -118,14 +109,21 @@ export class Snapshotter {
   /** Whether mkdir's mode survives the umask, so that `fs` needs no explicit chmod (hot path). */
   private readonly umaskClean: boolean;
   private closed = false;
+  /**
+   * What the kernel and the root's filesystem can do, probed at the first
+   * open on this kernel release and read back from the store afterwards
+   * (see docs/capabilities.md). A frozen object.
+   */
+  readonly capabilities: Capabilities;
 
-  private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean) {
+  private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean, capabilities: Capabilities) {
     this.root = root;
     this.options = options;
     this.store = store;
     this.settings = settings;
     this.snapshotsDir = settings.snapshotsDir;
     this.umaskClean = umaskClean;
+    this.capabilities = capabilities;
   }
 
   /**
@@ -135,7 +133,8 @@ export class Snapshotter {
    * @throws InvalidArgumentError for a bad root or option (an unknown
    *   option is named, with the closest known one).
    * @throws UnavailableError when the root is on overlayfs, its filesystem
-   *   lacks d_type, overlay is missing from the kernel, the root cannot be
+   *   lacks d_type, overlay is missing from the kernel (unless `driver` is
+   *   `'native'`; the message names the reason), the root cannot be
    *   created or written, or the metadata store is damaged.
    */
   static async open(root: string, options?: SnapshotterOptions): Promise<Snapshotter> {
@@ -152,24 +151,20 @@ export class Snapshotter {
       throw new UnavailableError(`cannot create snapshotter root ${abs} (${errnoOf(err) ?? String(err)}); choose a writable directory`, { cause: err });
     }
     if (!statSync(abs).isDirectory()) throw new UnavailableError(`snapshotter root ${abs} is not a directory; choose a directory`);
-    const fsType = filesystemType(abs);
-    if (fsType === OVERLAYFS_SUPER_MAGIC) {
-      throw new UnavailableError(`snapshotter root ${abs} is on overlayfs, which cannot be an overlay upper layer; choose a root on ext4, xfs or btrfs (e.g. a volume)`);
-    }
-    if (!overlayListed()) {
-      throw new UnavailableError('the kernel has no overlay filesystem (not in /proc/filesystems); load it with `modprobe overlay`');
-    }
     const store = Store.open(`${abs}/metadata.db`, resolved.busyTimeout);
     try {
       if (store.fresh) refuseSilentReset(snapshotsDir, store.file);
-      await checkRootOnce(store, abs);
-      const userxattr = resolved.userxattr === 'auto' ? inUserNamespace() && fsType !== TMPFS_MAGIC : resolved.userxattr;
+      // Probes once per kernel release (files, one mount); afterwards one read of the store.
+      const capabilities = await probeCapabilities(abs, { cache: store });
+      if (resolved.driver === 'overlay' && capabilities.overlayUnavailable !== null) throw new UnavailableError(capabilities.overlayUnavailable);
+      const userxattr = resolved.userxattr === 'auto' ? capabilities.userxattrNeeded : resolved.userxattr;
       const settings: SpecSettings = {
         snapshotsDir,
-        overlayOptions: overlayOptions(resolved.mountOptions, userxattr, kernelHasIndexParam()),
+        overlayOptions: overlayOptions(resolved.mountOptions, userxattr, capabilities.indexParameter),
+        driver: resolved.driver,
       };
       const umask = process.umask();
-      const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0);
+      const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0, capabilities);
       // Recovery, as container managers do at start: leftovers of crashed
       // creations (staging dirs, ids never recorded) and of interrupted
       // cleanups go now; removed snapshots' dirs stay for cleanup().
@@ -336,8 +331,13 @@ export class Snapshotter {
             staging = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
             mkdirSync(staging, 0o700);
             const fs = `${staging}/fs`;
-            mkdirSync(fs, 0o755);
-            if (!this.umaskClean) chmodSync(fs, 0o755);
+            if (this.settings.driver === 'native' && kind === 'active' && chain.length > 0) {
+              // Native driver: the parent's whole tree, copied under the write lock (lib/native.ts).
+              copyTree(fsDir(this.settings, chain[0]!), fs);
+            } else {
+              mkdirSync(fs, 0o755);
+              if (!this.umaskClean) chmodSync(fs, 0o755);
+            }
             if (kind === 'active') mkdirSync(`${staging}/work`, 0o711);
             if (owner !== undefined) {
               lchownSync(fs, owner.uid, owner.gid);
@@ -633,19 +633,3 @@ function refuseSilentReset(snapshotsDir: string, file: string): void {
   }
 }
 
-/**
- * The d_type and overlay-mount checks create files and mount: they run once
- * per root and kernel release, and the answer is kept in the store.
- */
-async function checkRootOnce(store: Store, root: string): Promise<void> {
-  const key = `probe:${kernelRelease()}`;
-  if (store.getMeta(key) === 'ok') return;
-  if (!supportsDType(root)) {
-    throw new UnavailableError(`the filesystem of ${root} does not record file types in directory entries (d_type), which overlayfs needs; use ext4, or xfs made with ftype=1`);
-  }
-  const err = await overlayMountError(root);
-  if (err !== undefined) {
-    throw new UnavailableError(`overlay cannot be mounted with two lower dirs under ${root}: ${err.message}`, { cause: err });
-  }
-  store.setMeta(key, 'ok');
-}

@@ -11,6 +11,8 @@ export interface SpecSettings {
   readonly snapshotsDir: string;
   /** Configured mount options, user namespace and index handling already folded in, in spec order. */
   readonly overlayOptions: readonly string[];
+  /** `'native'`: every `fs` is a full tree and every mount a bind (lib/native.ts). Default `'overlay'`. */
+  readonly driver?: 'overlay' | 'native';
 }
 
 /**
@@ -44,6 +46,11 @@ export function workDir(settings: SpecSettings, id: number): string {
  * prepare, view and mounts call builds one.
  */
 export function buildMounts(settings: SpecSettings, kind: Kind, id: number, parents: readonly number[], idmap: readonly string[] = []): Mount[] {
+  if (settings.driver === 'native') {
+    // An active's own fs is its whole tree; a view shows its parent's (already merged) tree as it is.
+    const source = kind === 'view' && parents.length > 0 ? parents[0]! : id;
+    return [{ type: 'bind', source: fsDir(settings, source), options: [kind === 'active' ? 'rw' : 'ro', 'rbind'] }];
+  }
   if (parents.length === 0) {
     return [{ type: 'bind', source: fsDir(settings, id), options: [kind === 'active' ? 'rw' : 'ro', 'rbind'] }];
   }
