@@ -12,6 +12,7 @@ conformance({
   options: { upperdirLabel: true, mountOptions: ['redirect_dir=off'] },
   rootExtra: `${'deep-directory-name-'.repeat(8)}/root`,
 });
+conformance({ name: 'native driver', options: { driver: 'native' } });
 
 test('upperdirLabel shows the upper dir of actives and views, not of committed snapshots, and filters ignore it', async () => {
   await withSnapshotter({ upperdirLabel: true }, async (sn, root) => {
