@@ -16,6 +16,7 @@
  * - `remove:after-record`    record deleted and durable, directory untouched
  * - `remove:mid-delete`      `work` deleted, `fs` and the dir still there
  * - `cleanup:mid`            first orphan deleted, the others claimed but not deleted
+ * - `prune:mid`              records removed, first directory deleted, the others not
  */
 export const FAULT_ENV = 'OVERLAY_SNAPSHOTTER_FAULT';
 
@@ -28,6 +29,7 @@ export const FAULT_POINTS = [
   'remove:after-record',
   'remove:mid-delete',
   'cleanup:mid',
+  'prune:mid',
 ] as const;
 
 export type FaultPoint = (typeof FAULT_POINTS)[number];

@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import createDebug from 'debug';
 import fse from 'fs-extra';
@@ -6,6 +6,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './errors.js';
 import { fault } from './faults.js';
 import { parseFilters } from './filters.js';
+import { type PruneOptions, type PruneReport, planPrune, resolvePruneOptions } from './prune.js';
 import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
 import { unmountAll } from './mount/index.js';
 import { snapshotMounts } from './mountinfo.js';
@@ -506,10 +507,11 @@ export class Snapshotter {
     const report: CleanupReport = { removed: [], skipped: [] };
     const trash = this.store.withLiveIds((live, lastAllocated) => {
       let users: Map<number, string[]> | undefined;
+      const pruning = new Set(livePruneHolder(this.store.getMeta(PRUNE_LOCK))?.ids ?? []);
       const claimed: string[] = [];
       for (const name of readdirSync(this.snapshotsDir)) {
         const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
-        if (id !== undefined && live.has(id)) continue;
+        if (id !== undefined && (live.has(id) || pruning.has(id))) continue;
         if (name.startsWith(TRASH_PREFIX)) {
           claimed.push(name);
           continue;
@@ -597,6 +599,71 @@ export class Snapshotter {
     return { ok: problems.every((p) => p.repaired), problems };
   }
 
+  /**
+   * Removes the snapshots that nothing keeps alive, children before
+   * parents, and reports what it removed (with the measured bytes and
+   * inodes reclaimed) and what it kept and why. Kept: roots
+   * (`containerd.io/gc.root`), snapshots referenced by a kept snapshot's
+   * `containerd.io/gc.ref.snapshot.<snapshotter>[/<suffix>]` label, parents
+   * of kept snapshots, actives and views (unless `includeActive`), anything
+   * mounted, and what the filters exclude. See {@link PruneOptions}.
+   *
+   * Records go in one transaction, so a snapshot created meanwhile (here or
+   * in another process) is never removed; directories are deleted after it.
+   * @throws UnavailableError when another prune is running on this root.
+   * @throws InvalidArgumentError for bad options or filters.
+   */
+  async prune(options?: PruneOptions): Promise<PruneReport> {
+    this.ensureOpen();
+    const o = resolvePruneOptions(options);
+    const token = uuidv4();
+    this.store.exclusive(() => {
+      const holder = livePruneHolder(this.store.getMeta(PRUNE_LOCK));
+      if (holder !== undefined) {
+        throw new UnavailableError(`a prune is already running on ${this.root} (process ${holder.pid} since ${new Date(holder.since).toISOString()}); wait for it to finish`);
+      }
+      this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: processStart(process.pid), since: Date.now(), token, ids: [] }));
+    });
+    try {
+      const report: PruneReport = { dryRun: o.dryRun, removed: [], kept: [], marked: [], reclaimed: { bytes: 0, inodes: 0 } };
+      const decide = () => {
+        const plan = planPrune(this.store.walk(ALL), new Set(snapshotMounts(this.snapshotsDir).keys()), this.store.pruneMarks(), o);
+        if (!o.dryRun) {
+          this.store.applyPrune(plan.remove.map((r) => r.id), plan.mark, plan.unmark, o.now());
+          // While this prune deletes them, cleanup() elsewhere must leave these dirs alone.
+          this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: processStart(process.pid), since: Date.now(), token, ids: plan.remove.map((r) => r.id) }));
+        }
+        return plan;
+      };
+      const plan = o.dryRun ? decide() : this.store.exclusive(decide);
+      report.kept = plan.kept.map(({ rec, reason }) => ({ name: rec.key, kind: rec.kind, reason }));
+      const names = new Map(plan.kept.map(({ rec }) => [rec.id, rec.key]));
+      for (const r of plan.remove) names.set(r.id, r.key);
+      report.marked = plan.mark.map((id) => names.get(id)!).filter((n) => n !== undefined);
+      for (const [i, rec] of plan.remove.entries()) {
+        const dir = snapshotDir(this.settings, rec.id);
+        const usage = diskUsage(dir);
+        if (!o.dryRun) {
+          await fse.remove(dir);
+          if (i === 0) fault('prune:mid');
+        }
+        report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes });
+        report.reclaimed.bytes += usage.size;
+        report.reclaimed.inodes += usage.inodes;
+        o.onProgress?.({ done: i + 1, total: plan.remove.length, bytes: report.reclaimed.bytes });
+      }
+      debug('prune %s: removed %d, kept %d, marked %d', this.root, report.removed.length, report.kept.length, report.marked.length);
+      return report;
+    } finally {
+      if (!this.closed) {
+        this.store.exclusive(() => {
+          const held = this.store.getMeta(PRUNE_LOCK);
+          if (held !== undefined && (JSON.parse(held) as { token?: string }).token === token) this.store.deleteMeta(PRUNE_LOCK);
+        });
+      }
+    }
+  }
+
   /** Closes the metadata store. Every later call fails with UnavailableError; closing twice is fine. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -616,6 +683,33 @@ export class Snapshotter {
     const info: Info = { kind: rec.kind as Kind, name: rec.key, labels, created: new Date(rec.created), updated: new Date(rec.updated) };
     if (rec.parentName !== null) info.parent = rec.parentName;
     return info;
+  }
+}
+
+/** Meta key of the prune lock: who runs a prune, and which ids it is deleting. */
+const PRUNE_LOCK = 'prune-lock';
+/** Matches every snapshot. */
+const ALL = parseFilters([]);
+
+/** The start time of process `pid` (field 22 of /proc/<pid>/stat), to tell a live owner from a reused pid. */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The prune lock's holder if it is a live process, else undefined (a crashed prune's lock is stale). */
+function livePruneHolder(value: string | undefined): { pid: number; since: number; ids: number[] } | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const lock = JSON.parse(value) as { pid: number; start?: string; since: number; ids?: number[] };
+    if (processStart(lock.pid) === undefined || processStart(lock.pid) !== lock.start) return undefined;
+    return { pid: lock.pid, since: lock.since, ids: lock.ids ?? [] };
+  } catch {
+    return undefined;
   }
 }
 

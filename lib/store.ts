@@ -49,6 +49,11 @@ const MIGRATIONS: readonly string[] = [
      key   TEXT PRIMARY KEY,
      value TEXT NOT NULL
    ) WITHOUT ROWID;`,
+  // 2: marks of two-phase prune (when a snapshot was first found unreferenced).
+  `CREATE TABLE prune_marks (
+     snapshot INTEGER PRIMARY KEY REFERENCES snapshots(id),
+     marked   INTEGER NOT NULL
+   );`,
 ];
 
 const KIND_CODE: Record<Kind, number> = { view: 0, active: 1, committed: 2 };
@@ -163,6 +168,7 @@ export class Store {
   private readonly sDeleteLabels: Database.Statement<[number]>;
   private readonly sDeleteLabel: Database.Statement<[number, string]>;
   private readonly sDelete: Database.Statement<[number]>;
+  private readonly sDeleteMark: Database.Statement<[number]>;
   private readonly sCommit: Database.Statement<[string, number, number, number, number, number]>;
   private readonly sTouch: Database.Statement<[number, number]>;
   private readonly sIds: Database.Statement<[], [number]>;
@@ -183,6 +189,7 @@ export class Store {
     this.sDeleteLabels = db.prepare('DELETE FROM labels WHERE snapshot = ?');
     this.sDeleteLabel = db.prepare('DELETE FROM labels WHERE snapshot = ? AND key = ?');
     this.sDelete = db.prepare('DELETE FROM snapshots WHERE id = ?');
+    this.sDeleteMark = db.prepare('DELETE FROM prune_marks WHERE snapshot = ?');
     this.sCommit = db.prepare(
       `UPDATE snapshots SET key = ?, kind = ${KIND_CODE.committed}, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?`,
     );
@@ -379,11 +386,37 @@ export class Store {
         );
       }
       guard?.(row);
-      this.sDeleteLabels.run(row.id);
-      this.sDelete.run(row.id);
-      this.committedParent.delete(row.id);
+      this.deleteRecord(row.id);
       return row;
     });
+  }
+
+  private deleteRecord(id: number): void {
+    this.sDeleteLabels.run(id);
+    this.sDeleteMark.run(id);
+    this.sDelete.run(id);
+    this.committedParent.delete(id);
+  }
+
+  /** Runs `fn` in one BEGIN IMMEDIATE transaction (nested calls become savepoints). */
+  exclusive<T>(fn: () => T): T {
+    return this.write(fn);
+  }
+
+  /** When each marked snapshot was first marked by a two-phase prune. */
+  pruneMarks(): Map<number, number> {
+    return new Map(this.db.prepare<[], [number, number]>('SELECT snapshot, marked FROM prune_marks').raw().all());
+  }
+
+  /** Deletes the records `remove` (children first), sets and clears prune marks. Call inside `exclusive`. */
+  applyPrune(remove: readonly number[], mark: readonly number[], unmark: readonly number[], now: number): void {
+    const ins = this.db.prepare('INSERT OR IGNORE INTO prune_marks (snapshot, marked) VALUES (?, ?)');
+    for (const id of unmark) this.sDeleteMark.run(id);
+    for (const id of mark) ins.run(id, now);
+    for (const id of remove) {
+      if (this.sHasChild.get(id) !== undefined) throw new Error(`prune plan would orphan the children of snapshot id ${id}`);
+      this.deleteRecord(id);
+    }
   }
 
   /**
@@ -492,6 +525,12 @@ export class Store {
     } catch (err) {
       throw translate(err, this.file);
     }
+  }
+
+  deleteMeta(key: string): void {
+    this.write(() => {
+      this.db.prepare('DELETE FROM meta WHERE key = ?').run(key);
+    });
   }
 
   setMeta(key: string, value: string): void {

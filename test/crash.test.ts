@@ -18,7 +18,7 @@ const child = join(here, 'helpers', 'crash-child.ts');
 
 interface Scenario {
   point: FaultPoint;
-  operation: 'prepare' | 'view' | 'commit' | 'remove' | 'cleanup';
+  operation: 'prepare' | 'view' | 'commit' | 'remove' | 'cleanup' | 'prune';
   mode?: 'async';
   /** Builds the state the crashed call starts from. */
   setup(sn: Snapshotter, root: string): Promise<void>;
@@ -76,6 +76,17 @@ const SCENARIOS: Scenario[] = [
       }
     },
     outcomes: { before: ['base'], after: ['base'] },
+  },
+  {
+    point: 'prune:mid',
+    operation: 'prune',
+    async setup(sn: Snapshotter) {
+      await base(sn);
+      await sn.prepare('child-active', 'base');
+      await sn.commit('child', 'child-active');
+      await sn.prepare('kept', 'base');
+    },
+    outcomes: { before: ['base', 'child', 'kept'], after: ['base', 'kept'] },
   },
 ];
 

@@ -26,6 +26,9 @@ switch (operation) {
   case 'cleanup':
     await sn.cleanup();
     break;
+  case 'prune':
+    await sn.prune();
+    break;
   default:
     throw new Error(`unknown operation ${operation}`);
 }
