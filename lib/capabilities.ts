@@ -16,7 +16,6 @@ import createDebug from 'debug';
 import { STRATEGY_ENV } from './mount/index.js';
 import {
   OVERLAYFS_SUPER_MAGIC,
-  TMPFS_MAGIC,
   filesystemName,
   filesystemType,
   inUserNamespace,
@@ -27,6 +26,7 @@ import {
   probeLowerdirPlus,
   probeOverlayMount,
   supportsDType,
+  supportsUserXattrs,
 } from './probe.js';
 
 const debug = createDebug('overlay-snapshotter:capabilities');
@@ -49,6 +49,8 @@ export interface Capabilities {
   readonly multipleLowerDirs: boolean | null;
   /** The root's filesystem fills in `d_type` in directory entries, which overlayfs needs. */
   readonly dType: boolean;
+  /** The root's filesystem stores `user.*` extended attributes (tmpfs only from Linux 6.6), where overlay keeps its own under `userxattr`. */
+  readonly userXattrs: boolean;
   /** The root's filesystem, e.g. `ext4`, `xfs`, `btrfs`, `tmpfs`, `overlay` (or its statfs magic in hex). */
   readonly rootFilesystem: string;
   /** The root is on overlayfs (e.g. inside a container), which cannot be an upper layer. */
@@ -73,8 +75,10 @@ export interface Capabilities {
   readonly userNamespace: boolean;
   /**
    * Overlay needs `userxattr` here: in a user namespace on kernel 5.11+,
-   * unless the root is on tmpfs. With `userxattr: 'auto'` (the default)
-   * the specs carry it exactly when this is true.
+   * where the root's filesystem stores `user.*` xattrs (`userXattrs`; not
+   * tmpfs before 6.6, where overlay can only run without xattrs). With
+   * `userxattr: 'auto'` (the default) the specs carry it exactly when this
+   * is true.
    */
   readonly userxattrNeeded: boolean;
   /** The kernel can make ID-mapped mounts (`mount_setattr` with `MOUNT_ATTR_IDMAP`, 5.12+); `null`: may not mount. */
@@ -102,6 +106,7 @@ interface Probed {
   multipleLowerDirs: boolean | null;
   multipleLowerDirsError: string | null;
   dType: boolean;
+  userXattrs: boolean;
   rootOnOverlay: boolean;
   indexParameter: boolean;
   indexDefault: boolean | null;
@@ -116,6 +121,7 @@ const PROBED_KEYS = [
   'multipleLowerDirs',
   'multipleLowerDirsError',
   'dType',
+  'userXattrs',
   'rootOnOverlay',
   'indexParameter',
   'indexDefault',
@@ -142,9 +148,17 @@ function parseCached(value: string | undefined): Probed | undefined {
   }
 }
 
-/** Whether `userxattr` is needed for a root on the filesystem `fsType` (semantics.md). */
-function needsUserxattr(userNamespace: boolean, fsType: number, kernelRelease: string): boolean {
-  return userNamespace && kernelAtLeast(5, 11, kernelRelease) && fsType !== TMPFS_MAGIC;
+/**
+ * Whether overlay specs need `userxattr`: in a user namespace overlay may
+ * not use `trusted.*` xattrs, and from 5.11 it can keep them as `user.*`
+ * instead, where the filesystem stores those. semantics.md says "not on
+ * tmpfs", which holds before 6.6 only: tmpfs has had `user.*` xattrs
+ * since, and on 6.18 an overlay on tmpfs in a user namespace without
+ * `userxattr` fails to remove a lower directory (EIO). So the filesystem
+ * is asked (`userXattrs`) rather than named.
+ */
+function needsUserxattr(userNamespace: boolean, userXattrs: boolean, kernelRelease: string): boolean {
+  return userNamespace && kernelAtLeast(5, 11, kernelRelease) && userXattrs;
 }
 
 function strategyFor(lowerdirPlus: boolean | null): 'mount-api' | 'legacy' {
@@ -153,8 +167,10 @@ function strategyFor(lowerdirPlus: boolean | null): 'mount-api' | 'legacy' {
   return lowerdirPlus === true ? 'mount-api' : 'legacy';
 }
 
-async function probe(root: string, rootOnOverlay: boolean, userxattr: boolean): Promise<Probed> {
+async function probe(root: string, rootOnOverlay: boolean, userNamespace: boolean, kernelRelease: string): Promise<Probed> {
   const dType = supportsDType(root);
+  const userXattrs = supportsUserXattrs(root);
+  const userxattr = needsUserxattr(userNamespace, userXattrs, kernelRelease);
   let multipleLowerDirs: boolean | null = null;
   let multipleLowerDirsError: string | null = null;
   // Pointless (and slow to fail) where overlay cannot have its upper dir anyway.
@@ -175,6 +191,7 @@ async function probe(root: string, rootOnOverlay: boolean, userxattr: boolean): 
     multipleLowerDirs,
     multipleLowerDirsError,
     dType,
+    userXattrs,
     rootOnOverlay,
     indexParameter: index !== undefined,
     indexDefault: index ?? null,
@@ -235,14 +252,13 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
   const fsName = filesystemName(fsType);
   const rootOnOverlay = fsType === OVERLAYFS_SUPER_MAGIC;
   const userNamespace = inUserNamespace();
-  const userxattrNeeded = needsUserxattr(userNamespace, fsType, kernelRelease);
   const key = capabilityCacheKey(kernelRelease);
   let probed = parseCached(options.cache?.getMeta(key));
   // A root that moved on or off overlayfs (a mount over it) makes the cached facts stale.
   if (probed !== undefined && probed.rootOnOverlay !== rootOnOverlay) probed = undefined;
   const cached = probed !== undefined;
   if (probed === undefined) {
-    probed = await probe(root, rootOnOverlay, userxattrNeeded);
+    probed = await probe(root, rootOnOverlay, userNamespace, kernelRelease);
     debug('probed %s on %s: %o', root, kernelRelease, probed);
     if (options.cache !== undefined && settled(probed)) options.cache.setMeta(key, JSON.stringify(probed));
   }
@@ -251,6 +267,7 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
     overlay: probed.overlay,
     multipleLowerDirs: probed.multipleLowerDirs,
     dType: probed.dType,
+    userXattrs: probed.userXattrs,
     rootFilesystem: fsName,
     rootOnOverlay,
     indexParameter: probed.indexParameter,
@@ -260,7 +277,7 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
     lowerdirPlus: probed.lowerdirPlus,
     mountStrategy: strategyFor(probed.lowerdirPlus),
     userNamespace,
-    userxattrNeeded,
+    userxattrNeeded: needsUserxattr(userNamespace, probed.userXattrs, kernelRelease),
     idmappedMounts: probed.idmappedMounts,
     overlayUnavailable: unavailableReason(root, fsName, probed),
     cached,

@@ -39,8 +39,9 @@ export interface SnapshotterOptions {
   remapIds?: boolean;
   /**
    * Add `userxattr` to overlay specs. `'auto'` adds it when the process runs
-   * in a user namespace (needed there on kernel 5.11+), unless the root is
-   * on tmpfs.
+   * in a user namespace on kernel 5.11+ and the root's filesystem stores
+   * `user.*` xattrs (not tmpfs before Linux 6.6): see
+   * `capabilities.userxattrNeeded` and docs/capabilities.md.
    * @default 'auto'
    */
   userxattr?: boolean | 'auto';

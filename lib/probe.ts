@@ -101,6 +101,27 @@ export function supportsDType(dir: string): boolean {
   }
 }
 
+let setxattrBinding: CFunction | undefined;
+
+/**
+ * True when the filesystem of `dir` stores `user.*` extended attributes,
+ * which overlay keeps its own attributes in under `userxattr`. tmpfs only
+ * has them from Linux 6.6; without them overlay in a user namespace runs
+ * with no xattrs at all (and so without `userxattr`).
+ */
+export function supportsUserXattrs(dir: string): boolean {
+  const file = `${dir}/xattr-${uuidv4()}`;
+  writeFileSync(file, '', { mode: 0o600 });
+  try {
+    setxattrBinding ??= koffi.load('libc.so.6').func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
+    const ok = setxattrBinding(file, 'user.overlay-snapshotter.probe', Buffer.from('1'), 1, 0) === 0;
+    if (!ok) debug('user xattrs unsupported under %s (errno %d)', dir, koffi.errno());
+    return ok;
+  } finally {
+    rmSync(file, { force: true });
+  }
+}
+
 /** Outcome of the overlay mount probe: `ok` is null when it could not be tried (no privilege to mount). */
 export interface OverlayMountProbe {
   ok: boolean | null;
