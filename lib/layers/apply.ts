@@ -33,7 +33,6 @@
  * (and maybe the undo dir beside it); the import helper only commits after
  * a successful apply, so such an active is never committed.
  */
-import { createHash } from 'node:crypto';
 import {
   type Stats,
   closeSync,
@@ -65,6 +64,7 @@ import tar from 'tar-stream';
 import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError, q } from '../errors.js';
 import { type Compression, decompress } from './compression.js';
+import { StreamHash } from './hash.js';
 import { type EntryHeader, captureRawXattrs, entryXattrs } from './pax.js';
 import {
   OPAQUE_MARKER,
@@ -808,8 +808,7 @@ class Applier {
  */
 export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, target: LayerTarget, opts: ApplyOptions = {}): Promise<ApplyResult> {
   const applier = new Applier(target, opts);
-  const hash = createHash('sha256');
-  let size = 0;
+  const hash = new StreamHash();
   let compression: Compression = 'none';
   try {
     const input = await decompress(stream);
@@ -877,7 +876,6 @@ export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, t
       src.on('error', fail);
       src.on('data', (chunk: Buffer) => {
         hash.update(chunk);
-        size += chunk.length;
         if (!extract.write(chunk)) src.pause();
       });
       src.on('end', () => {
@@ -886,6 +884,7 @@ export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, t
     });
     applier.commit();
   } catch (err) {
+    hash.abort();
     try {
       applier.rollback();
     } catch (undoErr) {
@@ -893,7 +892,7 @@ export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, t
     }
     throw asLayerError(err);
   }
-  return { digest: `sha256:${hash.digest('hex')}`, size, compression };
+  return { digest: await hash.digest(), size: hash.size, compression };
 }
 
 /** tar-stream's format errors are the caller's bad input: make them InvalidArgument. */

@@ -14,12 +14,13 @@
  */
 import { createHash } from 'node:crypto';
 import { type Stats, closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
-import { Readable, Transform, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Transform, type Writable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar, { type Header, type Pack } from 'tar-stream';
 import { FailedPreconditionError, InvalidArgumentError, q } from '../errors.js';
 import type { LayerDigest, LayerTarget } from './apply.js';
+import { StreamHash } from './hash.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
 import { OPAQUE_MARKER, WHITEOUT_PREFIX, abs, joinRel } from './paths.js';
 import { lgetxattr, llistxattr, splitdev } from './sys.js';
@@ -51,6 +52,8 @@ const CHUNK = 1024 * 1024;
 /** Bytes we let pile up between the walk and the consumer before waiting. */
 const HIGH_WATER = 8 * 1024 * 1024;
 const MAX_USTAR_TIME = 0o77777777777;
+/** Bytes of tar gathered before one write to the output. */
+const BATCH = 1024 * 1024;
 
 /** Whether tar-stream can write this name (and link name) in a plain ustar header. */
 function fitsUstar(name: string, linkname: string | undefined): boolean {
@@ -343,32 +346,57 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
 
   const pack = tar.pack();
   const differ = new Differ(root, pack, opts.sourceDateEpoch, target.userxattr ?? false);
-  const hashU = createHash('sha256');
-  const hashC = createHash('sha256');
-  let sizeU = 0;
-  let sizeC = 0;
-  const tapU = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hashU.update(chunk);
-      sizeU += chunk.length;
-      differ.took(chunk.length);
-      cb(null, chunk);
-    },
-  });
+  const hashU = new StreamHash();
+  const hashC = new StreamHash();
+  const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
   const tapC = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       hashC.update(chunk);
-      sizeC += chunk.length;
       cb(null, chunk);
     },
   });
-  const source = Readable.from(pack as unknown as AsyncIterable<Buffer>, { objectMode: false });
-  const stages: Array<NodeJS.ReadableStream | NodeJS.WritableStream | NodeJS.ReadWriteStream> = [source, tapU];
-  if (opts.compression === 'gzip') stages.push(zlib.createGzip({ level: opts.gzipLevel ?? 6 }), tapC);
-  stages.push(out);
-  const flowing = (pipeline as unknown as (...s: unknown[]) => Promise<void>)(...stages).catch((err: unknown) => {
+  const head: Writable = gzip ?? out;
+  const flowing = (gzip ? pipeline(gzip, tapC, out) : finished(out)).catch((err: unknown) => {
     differ.fail(err);
     throw err;
+  });
+  // tar-stream emits a header, a body and a padding chunk per entry. Writing each on its own costs
+  // a round trip through the writable per chunk (a file stream's buffer is only 16 KiB), so the
+  // packer's output is gathered into batches of about BATCH bytes first.
+  let batch: Buffer[] = [];
+  let batchLen = 0;
+  const flush = (): void => {
+    if (batchLen === 0) return;
+    const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batchLen);
+    batch = [];
+    batchLen = 0;
+    if (!head.write(buf)) {
+      pack.pause();
+      head.once('drain', () => pack.resume());
+    }
+  };
+  pack.on('data', (data) => {
+    const chunk = data as Buffer;
+    hashU.update(chunk);
+    if (chunk.length >= BATCH / 4) {
+      // File data in big pieces: no point copying it into a batch.
+      flush();
+      batch.push(chunk);
+      batchLen = chunk.length;
+      flush();
+    } else {
+      batch.push(chunk);
+      batchLen += chunk.length;
+      if (batchLen >= BATCH) flush();
+    }
+    differ.took(chunk.length);
+  });
+  pack.on('end', () => {
+    flush();
+    head.end();
+  });
+  pack.on('error', (err) => {
+    head.destroy(err as Error);
   });
   try {
     await differ.walk('');
@@ -376,12 +404,19 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   } catch (err) {
     pack.destroy(err as Error);
     await flowing.catch(() => {});
+    hashU.abort();
+    hashC.abort();
     throw err;
   }
-  await flowing;
-  const digest = `sha256:${hashU.digest('hex')}`;
-  if (opts.compression === 'gzip') {
-    return { digest, size: sizeU, compressedDigest: `sha256:${hashC.digest('hex')}`, compressedSize: sizeC };
+  try {
+    await flowing;
+  } catch (err) {
+    hashU.abort();
+    hashC.abort();
+    throw err;
   }
-  return { digest, size: sizeU, compressedDigest: digest, compressedSize: sizeU };
+  const digest = await hashU.digest();
+  if (gzip) return { digest, size: hashU.size, compressedDigest: await hashC.digest(), compressedSize: hashC.size };
+  hashC.abort();
+  return { digest, size: hashU.size, compressedDigest: digest, compressedSize: hashU.size };
 }

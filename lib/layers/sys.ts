@@ -107,7 +107,8 @@ export function lremovexattr(path: string, name: string): void {
   }
 }
 
-const scratch = Buffer.alloc(64 * 1024);
+// Small on purpose: koffi's cost per call grows with the size of the buffer passed; ERANGE asks for more.
+const scratch = Buffer.alloc(4096);
 
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -134,7 +135,6 @@ export function lgetxattr(path: string, name: string): Buffer | undefined {
     const err = sysError('lgetxattr', path);
     if (err.code === 'ENODATA') return undefined;
     if (err.code !== 'ERANGE') throw err;
-    // Larger than 64 KiB cannot happen on Linux (XATTR_SIZE_MAX), but ask anyway.
     const size = Number(fns.lgetxattr(path, name, null, 0));
     if (size < 0) throw sysError('lgetxattr', path);
     const buf = Buffer.alloc(size);

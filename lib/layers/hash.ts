@@ -1,0 +1,185 @@
+/**
+ * SHA-256 of a layer stream, off the main thread when the stream is large.
+ *
+ * Hashing costs about as much CPU as GNU tar spends on a whole extraction
+ * (~1.7 GB/s with SHA-NI against tar's ~1 GB/s of read+write), so on the
+ * main thread it alone would keep apply and diff well below tar's speed.
+ * Small streams are hashed inline (a worker is not worth starting), and so
+ * is everything on machines with fewer than 4 CPUs (see `useWorker`); once a
+ * stream passes {@link INLINE_LIMIT} bytes, what was seen so far and all that
+ * follows goes to a shared worker thread, copied into 1 MiB batches that are
+ * transferred, not cloned.
+ */
+import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+
+/** Streams up to this size are hashed on the calling thread. */
+const INLINE_LIMIT = 8 * 1024 * 1024;
+
+/**
+ * Whether large streams go to the worker. It pays only when the worker gets
+ * a core of its own: apply/diff already keep the main thread and libuv's
+ * pool busy, and on a 2-CPU machine the worker measured slower than hashing
+ * inline (bench/layers.ts). `OVERLAY_SNAPSHOTTER_HASH_WORKER=1|0` forces it.
+ */
+function useWorker(): boolean {
+  const env = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+  if (env === '1') return true;
+  if (env === '0') return false;
+  return availableParallelism() >= 4;
+}
+const BATCH = 1024 * 1024;
+
+// Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const hashes = new Map();
+parentPort.on('message', (m) => {
+  if (m.chunk) {
+    let h = hashes.get(m.id);
+    if (!h) hashes.set(m.id, (h = createHash('sha256')));
+    h.update(new Uint8Array(m.chunk, 0, m.length));
+  } else if (m.done) {
+    const h = hashes.get(m.id) || createHash('sha256');
+    hashes.delete(m.id);
+    parentPort.postMessage({ id: m.id, digest: h.digest('hex') });
+  } else if (m.abort) {
+    hashes.delete(m.id);
+  }
+});
+`;
+
+interface Pending {
+  resolve: (hex: string) => void;
+  reject: (err: unknown) => void;
+}
+
+let worker: Worker | undefined;
+let nextId = 1;
+let active = 0;
+const pending = new Map<number, Pending>();
+
+function hashWorker(): Worker {
+  if (worker) return worker;
+  const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+  w.on('message', (m: { id: number; digest: string }) => {
+    const p = pending.get(m.id);
+    if (!p) return;
+    pending.delete(m.id);
+    p.resolve(m.digest);
+  });
+  const fail = (err: unknown): void => {
+    if (worker === w) worker = undefined;
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  w.on('error', fail);
+  w.on('exit', (code) => fail(new Error(`layer hash worker exited with code ${code}`)));
+  w.unref();
+  worker = w;
+  return w;
+}
+
+/** One stream's hash in the worker. */
+class RemoteHash {
+  private readonly id = nextId++;
+  private readonly w = hashWorker();
+  private staging = Buffer.allocUnsafeSlow(BATCH);
+  private used = 0;
+  private finished = false;
+
+  constructor() {
+    // Keep the process alive while a hash is in the worker (the caller awaits it).
+    if (active++ === 0) this.w.ref();
+  }
+
+  update(chunk: Uint8Array): void {
+    let off = 0;
+    while (off < chunk.length) {
+      const n = Math.min(BATCH - this.used, chunk.length - off);
+      this.staging.set(chunk.subarray(off, off + n), this.used);
+      this.used += n;
+      off += n;
+      if (this.used === BATCH) this.send();
+    }
+  }
+
+  private send(): void {
+    if (this.used === 0) return;
+    const ab = this.staging.buffer as ArrayBuffer;
+    this.w.postMessage({ id: this.id, chunk: ab, length: this.used }, [ab]);
+    this.staging = Buffer.allocUnsafeSlow(BATCH);
+    this.used = 0;
+  }
+
+  private release(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (--active === 0) this.w.unref();
+  }
+
+  digest(): Promise<string> {
+    this.send();
+    return new Promise<string>((resolve, reject) => {
+      pending.set(this.id, {
+        resolve: (hex) => {
+          this.release();
+          resolve(hex);
+        },
+        reject: (err) => {
+          this.release();
+          reject(err);
+        },
+      });
+      this.w.postMessage({ id: this.id, done: true });
+    });
+  }
+
+  abort(): void {
+    if (this.finished) return;
+    this.w.postMessage({ id: this.id, abort: true });
+    this.release();
+  }
+}
+
+/** SHA-256 and byte count of a stream, fed chunk by chunk. Chunks must not be modified after `update`. */
+export class StreamHash {
+  private inline: ReturnType<typeof createHash> | undefined = createHash('sha256');
+  private held: Uint8Array[] = [];
+  private remote: RemoteHash | undefined;
+  private readonly offload = useWorker();
+  /** Bytes seen so far. */
+  size = 0;
+
+  update(chunk: Uint8Array): void {
+    this.size += chunk.length;
+    if (this.remote) {
+      this.remote.update(chunk);
+      return;
+    }
+    this.inline!.update(chunk);
+    if (!this.offload) return;
+    this.held.push(chunk);
+    if (this.size > INLINE_LIMIT) {
+      this.remote = new RemoteHash();
+      for (const c of this.held) this.remote.update(c);
+      this.held = [];
+      this.inline = undefined;
+    }
+  }
+
+  /** `sha256:<hex>` of everything fed. */
+  async digest(): Promise<string> {
+    if (this.remote) return `sha256:${await this.remote.digest()}`;
+    this.held = [];
+    return `sha256:${this.inline!.digest('hex')}`;
+  }
+
+  /** Drops the hash (after a failure), freeing the worker's state. */
+  abort(): void {
+    this.remote?.abort();
+    this.held = [];
+  }
+}
