@@ -157,6 +157,28 @@ describe('diffLayer', mountTestOptions(), () => {
       assert.deepEqual(listed, ['a', 'b/', 'b/z', 'l'.repeat(150)]);
     }));
 
+  test('large streams hash the same in the worker thread as inline', () =>
+    withDirs(async (top) => {
+      const dir = join(top, 'big');
+      buildTree(dir, [{ path: 'blob', type: 'file', content: Buffer.alloc(9 * 1024 * 1024 + 17, 0x5a) }]);
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
+        const viaWorker = await diffToBuffer(dir, []);
+        assert.equal(viaWorker.res.digest, sha256(viaWorker.bytes));
+        const back = join(top, 'back');
+        mkdirSync(back);
+        const applied = await applyLayer(Readable.from([viaWorker.bytes]), { upper: back, lowers: [] });
+        assert.equal(applied.digest, viaWorker.res.digest);
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
+        const inline = await diffToBuffer(dir, []);
+        assert.equal(inline.res.digest, viaWorker.res.digest);
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
   test('bad options and a missing source are InvalidArgumentError', () =>
     withDirs(async (top) => {
       const out = collector();
