@@ -52,6 +52,12 @@ const CHUNK = 1024 * 1024;
 /** Bytes we let pile up between the walk and the consumer before waiting. */
 const HIGH_WATER = 8 * 1024 * 1024;
 const MAX_USTAR_TIME = 0o77777777777;
+/**
+ * Whiteout and opaque markers carry the epoch, as containerd writes them: the
+ * time a whiteout was made says nothing about the content, and a re-applied
+ * layer must diff to the same bytes.
+ */
+const MARKER_TIME = new Date(0);
 /** Bytes of tar gathered before one write to the output. */
 const BATCH = 1024 * 1024;
 
@@ -260,9 +266,9 @@ class Differ {
       if (st.isCharacterDevice() && st.rdev === 0) whiteouts.push([name, st]);
       else others.push([name, st]);
     }
-    for (const [name, st] of whiteouts) {
+    for (const [name] of whiteouts) {
       await this.add(
-        { name: joinRel(dirRel, WHITEOUT_PREFIX + name), type: 'file', size: 0, mode: 0o644, uid: 0, gid: 0, mtime: this.mtime(st) } as Header,
+        { name: joinRel(dirRel, WHITEOUT_PREFIX + name), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header,
         [],
         Buffer.alloc(0),
       );
@@ -282,7 +288,7 @@ class Differ {
       header.name = `${rel}/`;
       await this.add(header, list);
       if (opaque) {
-        await this.add({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0o644, uid: 0, gid: 0, mtime: this.mtime(st) } as Header, [], Buffer.alloc(0));
+        await this.add({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header, [], Buffer.alloc(0));
       }
       await this.walk(rel);
       return;
