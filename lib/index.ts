@@ -20,3 +20,16 @@ export {
   isUnavailable,
 } from './errors.js';
 export type { ErrorCode } from './errors.js';
+export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts } from './layers/index.js';
+export { apply as applyToSnapshot, diff as diffSnapshot } from './layers/index.js';
+export type {
+  ApplyOptions,
+  ApplyResult,
+  DiffOptions,
+  DiffResult,
+  ImportOptions,
+  LayerDigest,
+  LayerSource,
+  LayerTarget,
+  LayerSnapshotter,
+} from './layers/index.js';
