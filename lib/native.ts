@@ -17,46 +17,31 @@
  */
 import { execFileSync } from 'node:child_process';
 import createDebug from 'debug';
+import { UnavailableError } from './errors.js';
 
 const debug = createDebug('overlay-snapshotter:native');
 
 /** cp implementations without `--reflink` (busybox) get plain `-a`; learnt at the first refusal. */
 let reflinkFlag = true;
 
-/** An error of the copy, with cp's own explanation. */
-export interface CopyError extends Error {
-  /** `ENOSPC`, `EDQUOT`, `EACCES` or `EPERM` when cp's message names one, else `ECOPY`. */
-  code: string;
-  /** cp's exit status, or undefined when it could not be started (`ENOENT`: no cp). */
-  status?: number;
-}
-
-const ERRNO_MESSAGES: ReadonlyArray<readonly [RegExp, string]> = [
-  [/No space left on device/i, 'ENOSPC'],
-  [/Disk quota exceeded/i, 'EDQUOT'],
-  [/Permission denied/i, 'EACCES'],
-  [/Operation not permitted/i, 'EPERM'],
-];
-
-function copyError(from: string, to: string, err: unknown): CopyError {
+/**
+ * A failed copy is the root failing to take a new snapshot (no space, an
+ * unreadable parent tree), not a caller's mistake: UnavailableError, with
+ * cp's own explanation in the message and the spawn error as `cause`.
+ */
+function copyError(from: string, to: string, err: unknown): UnavailableError {
   const e = err as NodeJS.ErrnoException & { status?: number | null; stderr?: Buffer | string };
-  const stderr = e.stderr === undefined ? '' : String(e.stderr).trim();
-  const detail = stderr !== '' ? stderr : e.message;
-  const out = new Error(`copying ${from} to ${to} for a new native snapshot failed: ${detail}`, { cause: err }) as CopyError;
   if (e.code === 'ENOENT' && e.status == null) {
-    out.message = `copying ${from} to ${to} for a new native snapshot failed: no \`cp\` on PATH; the native driver needs GNU coreutils cp (or busybox cp)`;
-    out.code = 'ENOENT';
-    return out;
+    return new UnavailableError(`cannot copy ${from} for a new native snapshot: no \`cp\` on PATH; the native driver needs GNU coreutils (or busybox) cp`, { cause: err });
   }
-  out.code = ERRNO_MESSAGES.find(([re]) => re.test(detail))?.[1] ?? 'ECOPY';
-  if (typeof e.status === 'number') out.status = e.status;
-  return out;
+  const stderr = e.stderr === undefined ? '' : String(e.stderr).trim();
+  return new UnavailableError(`copying ${from} to ${to} for a new native snapshot failed: ${stderr !== '' ? stderr : e.message}; check the space and permissions of the root`, { cause: err });
 }
 
 function runCp(args: string[]): void {
   execFileSync('cp', args, {
     stdio: ['ignore', 'ignore', 'pipe'],
-    // Messages in English, so that they can be read back into codes.
+    // Messages in English, like the rest of ours, and the option check below.
     env: { ...process.env, LC_ALL: 'C' },
   });
 }
@@ -68,8 +53,8 @@ function runCp(args: string[]): void {
  * Synchronous on purpose: it runs inside the transaction that creates the
  * snapshot, while the store's write lock keeps cleanup away from the
  * staging dir being filled.
- * @throws CopyError when cp fails (a partial copy may be left in `to`: the
- *   caller removes it with the staging dir).
+ * @throws UnavailableError when cp fails (a partial copy may be left in
+ *   `to`: the caller removes it with the staging dir).
  */
 export function copyTree(from: string, to: string): void {
   // -T: `to` is the copy itself, never a directory to copy into.
