@@ -7,14 +7,14 @@
  * 0-4 KiB); --quick scales both down tenfold. For each:
  *   apply: `tar -xf layer.tar -C dir`   vs applyLayer(layer.tar) into an overlay upper (one empty lower)
  *   diff:  `tar -cf out.tar -C dir .`   vs diffLayer(dir) to a file
- * Each measurement is the best of a few runs, with `sync` before each so
- * writeback of the previous run does not land on the next. Needs root (the
+ * Each figure is the best of a few interleaved runs, each into a fresh path,
+ * with `sync` before each so writeback of one run does not land on the next. Needs root (the
  * layer keeps owners) and a few GiB free under --dir (default $TMPDIR or
  * /tmp). On a slow disk both sides wait on file creation and the ratio says
  * little; `--dir /dev/shm` (tmpfs) compares the CPU cost of the two.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,17 +59,28 @@ function generate(dir: string, set: DataSet): number {
   return total;
 }
 
-async function best(label: string, prepare: () => void, run: () => Promise<void> | void): Promise<number> {
-  let min = Infinity;
+/**
+ * Best time of each of two commands over a few rounds, interleaved (tar, ours, tar, ours, ...).
+ * Every run writes to a fresh path and nothing is deleted until the end: deleting a large
+ * tree just before a timed run slows the next file creations on some disks, and would
+ * favour whichever side ran first.
+ */
+async function bestOf(
+  labels: [string, string],
+  tarRun: (r: number) => void,
+  ourRun: (r: number) => Promise<void>,
+): Promise<[number, number]> {
+  const min: [number, number] = [Infinity, Infinity];
   for (let r = 0; r < runs; r++) {
-    prepare();
-    sync();
-    const t0 = process.hrtime.bigint();
-    await run();
-    const s = Number(process.hrtime.bigint() - t0) / 1e9;
-    min = Math.min(min, s);
+    for (const side of [0, 1] as const) {
+      sync();
+      const t0 = process.hrtime.bigint();
+      if (side === 0) tarRun(r);
+      else await ourRun(r);
+      min[side] = Math.min(min[side], Number(process.hrtime.bigint() - t0) / 1e9);
+    }
   }
-  process.stderr.write(`  ${label}: ${min.toFixed(3)} s\n`);
+  process.stderr.write(`  ${labels[0]}: ${min[0].toFixed(3)} s, ${labels[1]}: ${min[1].toFixed(3)} s\n`);
   return min;
 }
 
@@ -98,31 +109,35 @@ async function main(): Promise<void> {
       execFileSync('tar', ['--numeric-owner', '-cf', layer, '-C', data, '.']);
       const tarBytes = statSync(layer).size;
 
-      const out = join(top, 'out');
       const lower = join(top, 'lower');
       mkdirSync(lower, { recursive: true });
-      const fresh = (): void => {
-        rmSync(out, { recursive: true, force: true });
-        mkdirSync(out);
+      const fresh = (name: string): string => {
+        const dir = join(top, name);
+        mkdirSync(dir);
+        return dir;
       };
-      const tarApply = await best('tar -x', fresh, () => {
-        execFileSync('tar', ['--numeric-owner', '-xf', layer, '-C', out]);
-      });
-      const ourApply = await best('applyLayer', fresh, async () => {
-        await applyLayer(createReadStream(layer, { highWaterMark: 1024 * 1024 }), { upper: out, lowers: [lower] });
-      });
+      const [tarApply, ourApply] = await bestOf(
+        ['tar -x', 'applyLayer'],
+        (r) => {
+          execFileSync('tar', ['--numeric-owner', '-xf', layer, '-C', fresh(`x-tar-${r}`)]);
+        },
+        async (r) => {
+          await applyLayer(createReadStream(layer, { highWaterMark: 1024 * 1024 }), { upper: fresh(`x-ours-${r}`), lowers: [lower] });
+        },
+      );
       rows.push({ set: set.name, op: 'apply', tarSeconds: tarApply, oursSeconds: ourApply, tarBytes, files: set.files, ratio: tarApply / ourApply });
 
-      const outTar = join(top, 'out.tar');
-      const clear = (): void => rmSync(outTar, { force: true });
-      const tarDiff = await best('tar -c', clear, () => {
-        execFileSync('tar', ['--numeric-owner', '-cf', outTar, '-C', data, '.']);
-      });
-      const ourDiff = await best('diffLayer', clear, async () => {
-        await diffLayer({ upper: data, lowers: [] }, createWriteStream(outTar));
-      });
+      const [tarDiff, ourDiff] = await bestOf(
+        ['tar -c', 'diffLayer'],
+        (r) => {
+          execFileSync('tar', ['--numeric-owner', '-cf', join(top, `c-tar-${r}.tar`), '-C', data, '.']);
+        },
+        async (r) => {
+          await diffLayer({ upper: data, lowers: [] }, createWriteStream(join(top, `c-ours-${r}.tar`)));
+        },
+      );
       rows.push({ set: set.name, op: 'diff', tarSeconds: tarDiff, oursSeconds: ourDiff, tarBytes, files: set.files, ratio: tarDiff / ourDiff });
-      rmSync(out, { recursive: true, force: true });
+      for (const name of readdirSync(top)) if (name !== 'data') rmSync(join(top, name), { recursive: true, force: true });
     }
   } finally {
     if (!keep) rmSync(top, { recursive: true, force: true });
