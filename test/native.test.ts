@@ -5,7 +5,7 @@
  * these tests cover what only it does.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   chmodSync,
   existsSync,
@@ -22,12 +22,16 @@ import {
   type BigIntStats,
 } from 'node:fs';
 import { describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { Snapshotter, isInvalidArgument, isNotFound, isUnavailable, mountAll, unmountAll, type Mount } from '../lib/index.js';
 import { lsetxattr, lutimesNs, lxattrs, mknod } from '../lib/layers/sys.js';
 import { isMounted, removeTree, tempDir, withMounted, withSnapshotter } from './helpers/fixtures.js';
 import { REQUIRE_MOUNT, mountTestOptions } from './helpers/require-mount.js';
 
 const mountOpts = mountTestOptions();
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const CLEANUP_CHILD = fileURLToPath(new URL('./helpers/cleanup-loop-child.ts', import.meta.url));
 const NATIVE = { driver: 'native' } as const;
 
 /** A version 2 `security.capability` granting CAP_NET_BIND_SERVICE (10), permitted and effective. */
@@ -156,6 +160,45 @@ describe('native driver', () => {
       assert.deepEqual(await sn.view('v', 'base'), [{ type: 'bind', source: `${root}/snapshots/1/fs`, options: ['ro', 'rbind'] }]);
       assert.deepEqual(readdirSync(`${root}/snapshots/2/fs`), [], 'the view\'s own fs stays empty');
       assert.deepEqual(await sn.usage('v'), { size: 0, inodes: 0 });
+    });
+  });
+
+  test('another process cleaning up all the while never takes a copy in progress for an orphan: every new active is complete', async () => {
+    await withSnapshotter(NATIVE, async (sn, root) => {
+      await sn.prepare('base-active');
+      const base = `${root}/snapshots/1/fs`;
+      for (let d = 0; d < 5; d++) {
+        mkdirSync(`${base}/d${d}`);
+        for (let f = 0; f < 100; f++) writeFileSync(`${base}/d${d}/f${f}`, `${d}/${f}`);
+      }
+      await sn.commit('base', 'base-active');
+      const stop = `${root}.stop`;
+      const child = spawn(process.execPath, ['--import', 'tsx', CLEANUP_CHILD, root, stop], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => void (stdout += c));
+      child.stderr.on('data', (c: Buffer) => void (stderr += c));
+      const exited = new Promise<number | null>((done) => child.on('close', done));
+      try {
+        // Wait (not a timing assertion) until the other process is cleaning.
+        for (let i = 0; i < 600 && !existsSync(`${stop}.ready`) && child.exitCode === null; i++) await sleep(50);
+        assert.ok(existsSync(`${stop}.ready`), `the cleanup process did not start: ${stderr}`);
+        for (let i = 0; i < 4; i++) await sn.prepare(`c${i}`, 'base');
+      } finally {
+        writeFileSync(stop, '');
+      }
+      assert.equal(await exited, 0, stderr);
+      const { rounds, removed } = JSON.parse(stdout.trim().split('\n').at(-1)!) as { rounds: number; removed: string[] };
+      assert.ok(rounds > 0);
+      assert.deepEqual(removed, [], 'nothing live or being made was cleaned up');
+      for (let id = 2; id <= 5; id++) {
+        const copy = `${root}/snapshots/${id}/fs`;
+        assert.equal(readdirSync(copy).length, 5, `snapshot ${id}`);
+        assert.equal(readdirSync(`${copy}/d4`).length, 100, `snapshot ${id}`);
+      }
+      assert.deepEqual(readdirSync(`${root}/snapshots`).sort((a, b) => Number(a) - Number(b)), ['1', '2', '3', '4', '5']);
+      rmSync(stop);
+      rmSync(`${stop}.ready`);
     });
   });
 
