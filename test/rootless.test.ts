@@ -54,7 +54,7 @@ const options = reason === undefined || REQUIRE_MOUNT ? {} : { skip: reason };
 function runChild(dir: string, mode: 'ext4' | 'tmpfs', asUser?: number): Report {
   const unshare = ['unshare', '--user', '--map-root-user', '--mount', process.execPath, '--import', 'tsx', CHILD, dir, mode];
   const [cmd, ...args] = asUser === undefined ? unshare : ['setpriv', `--reuid=${asUser}`, `--regid=${asUser}`, '--clear-groups', ...unshare];
-  const env = { ...process.env, HOME: dir };
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: dir };
   delete env.NODE_OPTIONS;
   const child = spawnSync(cmd!, args, { cwd: REPO, env, encoding: 'utf8', timeout: 120_000 });
   assert.equal(child.status, 0, `child failed (status ${child.status}, signal ${child.signal}):\n${child.stderr}\n${child.stdout}`);
