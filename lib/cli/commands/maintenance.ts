@@ -1,0 +1,226 @@
+/** Store maintenance: cleanup, prune, check, capabilities. */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { Command } from 'commander';
+import { type Capabilities, type PruneOptions, type PruneReport, isUnavailable, probeCapabilities, Snapshotter } from '../../index.js';
+import { Context } from '../context.js';
+import { diskUsage } from '../du.js';
+import { EXIT, ExitError } from '../exit.js';
+import { displayName, humanSize, table } from '../format.js';
+import { collect, parseDuration } from '../parse.js';
+import { canPrompt, confirm } from '../prompt.js';
+
+export interface CleanupJson {
+  removed: { name: string; size: number; inodes: number }[];
+  skipped: { name: string; mountPoints: string[] }[];
+  reclaimed: { bytes: number; inodes: number };
+}
+
+function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+async function cleanup(ctx: Context, sn: Snapshotter): Promise<CleanupJson> {
+  // The library's report names what it deleted, not how big it was: measure
+  // the entries check() calls orphans before they go, and count as
+  // reclaimed those that are gone afterwards.
+  const { problems } = await sn.check();
+  const candidates = problems.filter((p) => p.problem === 'orphan' || p.problem === 'staging-leftover');
+  const measured = new Map<string, { path: string; bytes: number; inodes: number }>();
+  const progress = ctx.progress({ label: 'cleanup', unit: 'entries', total: candidates.length });
+  let report;
+  try {
+    let bytes = 0;
+    for (const p of candidates) {
+      const usage = await diskUsage(p.path, (b) => progress.update({ bytes: bytes + b }));
+      bytes += usage.bytes;
+      measured.set(basename(p.path), { path: p.path, ...usage });
+      progress.update({ done: measured.size, bytes });
+    }
+    report = await sn.cleanup();
+  } finally {
+    progress.stop();
+  }
+  const gone = [...measured].filter(([, m]) => !existsSync(m.path));
+  const names = new Set([...report.removed, ...gone.map(([n]) => n)]);
+  const removed = [...names].sort().map((name) => {
+    const m = measured.get(name);
+    return { name, size: m?.bytes ?? 0, inodes: m?.inodes ?? 0 };
+  });
+  return {
+    removed,
+    skipped: report.skipped,
+    reclaimed: { bytes: gone.reduce((s, [, m]) => s + m.bytes, 0), inodes: gone.reduce((s, [, m]) => s + m.inodes, 0) },
+  };
+}
+
+interface PruneCliOptions {
+  filter: string[];
+  all?: boolean;
+  dryRun?: boolean;
+  force?: boolean;
+  gracePeriod?: number;
+  markOnly?: boolean;
+  snapshotterName?: string;
+  verbose?: boolean;
+}
+
+function pruneWarning(ctx: Context, o: PruneCliOptions): string {
+  const what = o.all ? 'every snapshot (actives and views included)' : 'every committed snapshot';
+  const filters = o.filter.length > 0 ? ` matching ${o.filter.map((f) => displayName(f)).join(' and ')}` : '';
+  return `WARNING! This will remove ${what}${filters} that nothing keeps alive from ${ctx.root}.\nAre you sure you want to continue?`;
+}
+
+function pruneHuman(r: PruneReport, verbose: boolean): string {
+  let out = '';
+  if (r.removed.length > 0) {
+    out += r.dryRun ? 'Would delete:\n' : 'Deleted snapshots:\n';
+    out += table(
+      ['NAME', 'KIND', 'SIZE', 'INODES'],
+      r.removed.map((x) => [displayName(x.name), x.kind, humanSize(x.size), String(x.inodes)]),
+      ['left', 'left', 'right', 'right'],
+    );
+    out += '\n';
+  }
+  if (r.marked.length > 0) {
+    out += `Marked for removal after the grace period: ${r.marked.map(displayName).join(', ')}\n\n`;
+  }
+  if (verbose && r.kept.length > 0) {
+    out += 'Kept:\n' + table(['NAME', 'KIND', 'REASON'], r.kept.map((k) => [displayName(k.name), k.kind, k.reason])) + '\n';
+  }
+  out += `Total ${r.dryRun ? 'reclaimable' : 'reclaimed'} space: ${humanSize(r.reclaimed.bytes)} (${plural(r.reclaimed.inodes, 'inode')})\n`;
+  return out;
+}
+
+/** Capabilities as `field  value` rows; `null` shown as "untested". */
+function capabilitiesHuman(c: Capabilities, note: string | undefined): string {
+  // null means "could not be tested here", except for overlayUnavailable, where it means "nothing stands in the way".
+  const show = (k: string, v: unknown) => (v === null ? (k === 'overlayUnavailable' ? '-' : 'untested') : typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v));
+  const rows = Object.entries(c).map(([k, v]) => [k, show(k, v)]);
+  return table(['CAPABILITY', 'VALUE'], rows) + (note === undefined ? '' : `\n${note}\n`);
+}
+
+/**
+ * The capabilities seen from the root: from an open snapshotter (probed
+ * once per kernel release, then cached in the store); from a direct probe
+ * when the root cannot be opened (it then says why in overlayUnavailable);
+ * or, for a root that does not exist yet, from a scratch directory made
+ * beside where it would be, so that nothing is created at the root itself.
+ */
+async function capabilities(ctx: Context): Promise<{ caps: Capabilities; note?: string }> {
+  if (existsSync(ctx.root)) {
+    if (ctx.exists()) {
+      try {
+        const sn = await Snapshotter.open(ctx.root, { driver: ctx.driver });
+        try {
+          return { caps: sn.capabilities };
+        } finally {
+          await sn.close();
+        }
+      } catch (err) {
+        if (!isUnavailable(err)) throw err;
+      }
+    }
+    return { caps: await probeCapabilities(ctx.root) };
+  }
+  let parent = dirname(ctx.root);
+  while (!existsSync(parent)) parent = dirname(parent);
+  const scratch = mkdtempSync(join(parent, '.overlay-snapshotter-probe-'));
+  try {
+    return { caps: await probeCapabilities(scratch), note: `${ctx.root} does not exist: probed in ${parent} instead.` };
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+export function registerMaintenance(program: Command): void {
+  program
+    .command('cleanup')
+    .description('delete directories no snapshot owns (removed snapshots, crash leftovers) and report the space reclaimed')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const r = await ctx.with((sn) => cleanup(ctx, sn));
+      ctx.output(r, () => {
+        let out = '';
+        if (r.removed.length > 0) {
+          out += table(
+            ['ENTRY', 'SIZE', 'INODES'],
+            r.removed.map((x) => [displayName(x.name), humanSize(x.size), String(x.inodes)]),
+            ['left', 'right', 'right'],
+          );
+        }
+        for (const s of r.skipped) out += `skipped ${displayName(s.name)}: still mounted on ${s.mountPoints.join(', ')}\n`;
+        out +=
+          r.removed.length === 0
+            ? 'nothing to clean up\n'
+            : `removed ${plural(r.removed.length, 'entry', 'entries')}, reclaimed ${humanSize(r.reclaimed.bytes)} (${plural(r.reclaimed.inodes, 'inode')})\n`;
+        return out;
+      });
+    });
+
+  program
+    .command('prune')
+    .description('remove the snapshots nothing keeps alive (gc.root and gc.ref labels, children, actives), children first')
+    .option('--filter <filter>', 'until=<duration|time>, label=<k>[=<v>], label!=<k>[=<v>], or a walk filter; repeatable', collect, [])
+    .option('-a, --all', 'also remove unreferenced actives and views')
+    .option('--dry-run', 'report what would be removed (with sizes), remove nothing')
+    .option('-f, --force', 'do not ask for confirmation on a terminal')
+    .option('--grace-period <duration>', 'remove a candidate only once it has been one for this long (e.g. 1h); the first prune marks it', parseDuration)
+    .option('--mark-only', 'mark candidates for a later prune with --grace-period, remove nothing')
+    .option('--snapshotter-name <name>', 'which containerd.io/gc.ref.snapshot.<name> labels count', 'overlayfs')
+    .option('-v, --verbose', 'also list what was kept and why')
+    .addHelpText('after', '\nOn a terminal it asks before removing anything, unless --force, --dry-run or --mark-only.\nWithout a terminal on stdin it does not ask.')
+    .action(async (o: PruneCliOptions, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const report = await ctx.with(async (sn) => {
+        if (!o.force && !o.dryRun && !o.markOnly && canPrompt() && !(await confirm(pruneWarning(ctx, o)))) {
+          throw new ExitError('prune aborted: nothing removed', EXIT.FAILURE);
+        }
+        const progress = ctx.progress({ label: o.dryRun ? 'prune (dry run)' : 'prune', unit: 'snapshots' });
+        const options: PruneOptions = {
+          filters: o.filter,
+          includeActive: o.all === true,
+          dryRun: o.dryRun === true,
+          markOnly: o.markOnly === true,
+          snapshotterName: o.snapshotterName ?? 'overlayfs',
+          onProgress: (p) => progress.update({ done: p.done, total: p.total, bytes: p.bytes }),
+        };
+        if (o.gracePeriod !== undefined) options.gracePeriod = o.gracePeriod;
+        try {
+          return await sn.prune(options);
+        } finally {
+          progress.stop();
+        }
+      });
+      ctx.output(report, () => pruneHuman(report, o.verbose === true));
+    });
+
+  program
+    .command('check')
+    .description('list inconsistencies between the records and snapshots/ (exit 7 when some remain)')
+    .option('--repair', 'fix what is safe to fix: remove unmounted orphans, recreate missing work dirs')
+    .action(async (o: { repair?: boolean }, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const report = await ctx.with((sn) => sn.check({ repair: o.repair === true }));
+      ctx.output(report, () => {
+        if (report.problems.length === 0) return 'ok: no problems found\n';
+        return table(
+          ['PROBLEM', 'KEY', 'PATH', 'REPAIRED', 'MOUNTED ON'],
+          report.problems.map((p) => [p.problem, p.key === undefined ? '-' : displayName(p.key), p.path, p.repaired ? 'yes' : 'no', p.mountPoints?.join(',') ?? '']),
+        );
+      });
+      if (!report.ok) {
+        const left = report.problems.filter((p) => !p.repaired).length;
+        throw new ExitError(`${plural(left, 'problem')} left${o.repair ? '' : '; run check --repair to fix what can be fixed'}`, EXIT.PROBLEMS);
+      }
+    });
+
+  program
+    .command('capabilities')
+    .description('what the kernel and the root filesystem can do for overlay snapshots (probes)')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const { caps, note } = await capabilities(ctx);
+      ctx.output(caps, () => capabilitiesHuman(caps, note));
+    });
+}
