@@ -51,7 +51,9 @@ const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
 const CHUNK = 1024 * 1024;
 /** Bytes we let pile up between the walk and the consumer before waiting. */
 const HIGH_WATER = 8 * 1024 * 1024;
-const MAX_USTAR_TIME = 0o77777777777;
+/** tar-stream encodes mtimes through a 32-bit `| 0`, and ids in 7 octal digits: past these, PAX records carry the value. */
+const MAX_HEADER_TIME = 0x7fffffff;
+const MAX_HEADER_ID = 0o7777777;
 /**
  * Whiteout and opaque markers carry the epoch, as containerd writes them: the
  * time a whiteout was made says nothing about the content, and a re-applied
@@ -61,14 +63,25 @@ const MARKER_TIME = new Date(0);
 /** Bytes of tar gathered before one write to the output. */
 const BATCH = 1024 * 1024;
 
-/** Whether tar-stream can write this name (and link name) in a plain ustar header. */
+/**
+ * Whether tar-stream writes this name (and link name) in a plain ustar
+ * header, by its own rule (headers.js `encode`): ASCII only, split at '/'
+ * from the left into a prefix (<= 155) and a name (<= 100). If it did not,
+ * it would add a PAX header of its own after ours, and readers keep only
+ * the last one.
+ */
 function fitsUstar(name: string, linkname: string | undefined): boolean {
   if (linkname !== undefined && (linkname.length > 100 || Buffer.byteLength(linkname) !== linkname.length)) return false;
   if (Buffer.byteLength(name) !== name.length) return false;
-  if (name.length <= 100) return true;
-  // ustar splits a long name at a '/' into a prefix (<= 155) and a name (<= 100).
-  const cut = name.indexOf('/', name.length - 101);
-  return cut > 0 && cut <= 155 && name.length - cut - 1 <= 100;
+  let rest = name;
+  let prefix = '';
+  while (rest.length > 100) {
+    const i = rest.indexOf('/');
+    if (i === -1) return false;
+    prefix += prefix ? `/${rest.slice(0, i)}` : rest.slice(0, i);
+    rest = rest.slice(i + 1);
+  }
+  return prefix.length <= 155;
 }
 
 function validateDiffOptions(opts: DiffOptions): void {
@@ -135,10 +148,11 @@ class Differ {
     }
   }
 
+  /** Whole seconds, clamped to the epoch option; negative times become 0. */
   private mtime(st: Stats): Date {
     const s = Math.floor(st.mtimeMs / 1000);
     const clamped = this.epoch !== undefined && s > this.epoch ? this.epoch : s;
-    return new Date(Math.max(0, Math.min(clamped, MAX_USTAR_TIME)) * 1000);
+    return new Date(Math.max(0, clamped) * 1000);
   }
 
   /** xattrs of a path, sorted, without overlayfs' own; refuses upper dirs overlay can't diff. */
@@ -169,14 +183,23 @@ class Differ {
 
   /** Adds one entry; binary xattr values go in a PAX header we build (see pax.ts). */
   private async add(header: Header & { linkname?: string }, xattrs: Array<[string, Buffer]>, body?: Buffer): Promise<Writable> {
-    if (xattrs.length > 0) {
+    // Values the ustar fields cannot hold go in PAX records (tar-stream would write garbage).
+    const big: Array<[string, string]> = [];
+    const secs = header.mtime.getTime() / 1000;
+    if (secs > MAX_HEADER_TIME) {
+      big.push(['mtime', String(secs)]);
+      header.mtime = new Date(MAX_HEADER_TIME * 1000);
+    }
+    if (header.uid > MAX_HEADER_ID) big.push(['uid', String(header.uid)]);
+    if (header.gid > MAX_HEADER_ID) big.push(['gid', String(header.gid)]);
+    if (xattrs.length > 0 || big.length > 0) {
       const textual = xattrs.every(([, v]) => Buffer.from(v.toString('utf8'), 'utf8').equals(v));
       if (textual) {
-        const pax: Record<string, string> = {};
+        const pax: Record<string, string> = Object.fromEntries(big);
         for (const [k, v] of xattrs) pax[XATTR_PAX_PREFIX + k] = v.toString('utf8');
         (header as { pax?: unknown }).pax = pax;
       } else {
-        const records: Array<[string, string | Buffer]> = [];
+        const records: Array<[string, string | Buffer]> = [...big];
         const name = header.name;
         const linkname = header.linkname || undefined;
         if (!fitsUstar(name, linkname)) {

@@ -157,6 +157,22 @@ describe('diffLayer', mountTestOptions(), () => {
       assert.deepEqual(listed, ['a', 'b/', 'b/z', 'l'.repeat(150)]);
     }));
 
+  test('owners and times too large for ustar fields travel in PAX records', () =>
+    withDirs(async (top) => {
+      const dir = join(top, 'src');
+      const far = 4_102_444_800; // 2100-01-01, past tar-stream's 32-bit header time
+      buildTree(dir, [{ path: 'f', type: 'file', content: 'f', uid: 3_000_000, gid: 4_000_000, mtime: far }]);
+      const d = await diffToBuffer(dir, []);
+      const back = join(top, 'back');
+      mkdirSync(back);
+      await applyLayer(Readable.from([d.bytes]), { upper: back, lowers: [] });
+      const fp = treeFingerprint(back).entries.get('f');
+      assert.deepEqual([fp?.uid, fp?.gid, fp?.mtime], [3_000_000, 4_000_000, far]);
+      const listed = execFileSync('tar', ['--numeric-owner', '-tvf', '-'], { input: d.bytes }).toString();
+      assert.match(listed, /3000000\/4000000/);
+      assert.match(listed, /2100-01-01/);
+    }));
+
   test('large streams hash the same in the worker thread as inline', () =>
     withDirs(async (top) => {
       const dir = join(top, 'big');
