@@ -69,9 +69,30 @@ export async function apply(
   return applyLayer(stream, targetFromMounts(await snapshotter.mounts(key), key), opts);
 }
 
-/** Writes the changes of the active snapshot `key` against its parent as a layer (see {@link diffLayer}). */
-export async function diff(snapshotter: Pick<LayerSnapshotter, 'mounts'>, key: string, out: Writable, opts?: DiffOptions): Promise<DiffResult> {
-  return diffLayer(targetFromMounts(await snapshotter.mounts(key), key), out, opts);
+/**
+ * Writes the changes of the active snapshot `key` against its parent as a
+ * layer (see {@link diffLayer}). A read-write bind whose snapshot has a
+ * parent (the native driver, where an active holds a full copy of its
+ * parent's tree) has no change set to read, and is refused with
+ * `FailedPreconditionError` rather than diffed as a whole tree; pass an
+ * object with `stat` for that check.
+ */
+export async function diff(
+  snapshotter: Pick<LayerSnapshotter, 'mounts'> & Partial<Pick<LayerSnapshotter, 'stat'>>,
+  key: string,
+  out: Writable,
+  opts?: DiffOptions,
+): Promise<DiffResult> {
+  const target = targetFromMounts(await snapshotter.mounts(key), key);
+  if (target.lowers.length === 0 && typeof snapshotter.stat === 'function') {
+    const info = await snapshotter.stat(key);
+    if (info.parent !== undefined && info.parent !== '') {
+      throw new FailedPreconditionError(
+        `cannot diff ${q(key)}: its mount is a plain copy of its parent ${q(info.parent)} (native driver), not an overlay upper; diffing a copy against its parent is not supported yet`,
+      );
+    }
+  }
+  return diffLayer(target, out, opts);
 }
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;

@@ -206,4 +206,28 @@ describe('importLayers and apply/diff on a Snapshotter', mountTestOptions(), () 
       }
       await assert.rejects(diff(sn, 'v1', collector().stream), FailedPreconditionError);
     }));
+
+  test('with the native driver, import applies into full copies and diff of a child active is refused, not mis-diffed', async () => {
+    if (REQUIRE_MOUNT) assertCanMount();
+    const top = tempDir('layers-native-');
+    const sn = await Snapshotter.open(join(top, 'root'), { driver: 'native' });
+    try {
+      const name = await importLayers(sn, (await threeLayers()).map((l) => Readable.from([l])));
+      const mnt = join(top, 'mnt');
+      mkdirSync(mnt);
+      await mountAll(await sn.view('v', name), mnt);
+      try {
+        assert.deepEqual(readdirSync(join(mnt, 'etc')), ['os-release']);
+        assert.deepEqual(readdirSync(join(mnt, 'app')).sort(), ['config', 'main', 'main.link']);
+      } finally {
+        await unmountAll(mnt);
+      }
+      await sn.prepare('child', name);
+      await assert.rejects(diff(sn, 'child', collector().stream), FailedPreconditionError);
+    } finally {
+      await sn.close();
+      await unmountAll(join(top, 'mnt')).catch(() => {});
+      rmSync(top, { recursive: true, force: true });
+    }
+  });
 });
