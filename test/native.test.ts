@@ -26,6 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Snapshotter, isInvalidArgument, isNotFound, isUnavailable, mountAll, unmountAll, type Mount } from '../lib/index.js';
 import { lsetxattr, lutimesNs, lxattrs, mknod } from '../lib/layers/sys.js';
+import { buildMounts } from '../lib/specs.js';
 import { isMounted, removeTree, tempDir, withMounted, withSnapshotter } from './helpers/fixtures.js';
 import { REQUIRE_MOUNT, mountTestOptions } from './helpers/require-mount.js';
 
@@ -94,6 +95,16 @@ describe('native driver', () => {
     } finally {
       await removeTree(root);
     }
+  });
+
+  test('every native mount is a bind: an active of its own tree, a view of its parent\'s (or its own when parentless)', () => {
+    const settings = { snapshotsDir: '/r/snapshots', overlayOptions: ['userxattr', 'index=off'], driver: 'native' as const };
+    const bind = (id: number, mode: 'rw' | 'ro') => [{ type: 'bind', source: `/r/snapshots/${id}/fs`, options: [mode, 'rbind'] }];
+    assert.deepEqual(buildMounts(settings, 'active', 7, []), bind(7, 'rw'));
+    assert.deepEqual(buildMounts(settings, 'active', 9, [5, 3, 1], ['uidmap=0:1000:10', 'gidmap=0:1000:10']), bind(9, 'rw'), 'no overlay options, no ID maps');
+    assert.deepEqual(buildMounts(settings, 'view', 7, []), bind(7, 'ro'));
+    assert.deepEqual(buildMounts(settings, 'view', 9, [5]), bind(5, 'ro'));
+    assert.deepEqual(buildMounts(settings, 'view', 9, [5, 3, 1]), bind(5, 'ro'), 'the parent\'s tree is already merged');
   });
 
   test('a new active starts as a full copy of its parent: owners, modes, times, xattrs, hard links, symlinks, devices, FIFOs, holes', mountOpts, async () => {
