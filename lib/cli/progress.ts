@@ -46,23 +46,26 @@ export class Progress {
   }
 }
 
+/** Renders one line: label, bar and percentage (when a total is known), count, bytes, throughput, ETA or elapsed time. */
 function format(_options: cliProgress.Options, params: cliProgress.Params, p: Payload): string {
-  const parts: string[] = [p.label];
   const measured = p.totalBytes !== undefined ? { value: p.bytes, total: p.totalBytes } : p.total !== undefined ? { value: p.done, total: p.total } : undefined;
-  if (measured !== undefined) {
-    const ratio = measured.total > 0 ? Math.min(1, measured.value / measured.total) : 1;
-    const size = 30;
-    const full = Math.round(ratio * size);
-    parts.push(`[${'█'.repeat(full)}${'░'.repeat(size - full)}]`, `${String(Math.floor(ratio * 100)).padStart(3)}%`);
-  }
-  if (p.unit !== undefined) parts.push(`${p.done}${p.total !== undefined ? `/${p.total}` : ''} ${p.unit}`);
-  parts.push(p.totalBytes !== undefined ? `${humanSize(p.bytes)}/${humanSize(p.totalBytes)}` : humanSize(p.bytes));
+  const ratio = measured === undefined ? undefined : measured.total > 0 ? Math.min(1, measured.value / measured.total) : 1;
+  const tail: string[] = [];
+  if (ratio !== undefined) tail.push(`${String(Math.floor(ratio * 100)).padStart(3)}%`);
+  if (p.unit !== undefined) tail.push(`${p.done}${p.total !== undefined ? `/${p.total}` : ''} ${p.unit}`);
+  tail.push(p.totalBytes !== undefined ? `${humanSize(p.bytes)}/${humanSize(p.totalBytes)}` : humanSize(p.bytes));
   const elapsed = ((params.stopTime ?? Date.now()) - params.startTime) / 1000;
-  parts.push(`${humanSize(elapsed > 0 ? p.bytes / elapsed : 0)}/s`);
-  const finished = params.stopTime !== null;
-  if (finished || measured === undefined) parts.push(humanDuration(elapsed));
-  else parts.push(`ETA ${measured.value > 0 && elapsed > 0 ? humanDuration(((measured.total - measured.value) * elapsed) / measured.value) : '-:--'}`);
-  return parts.join(' | ');
+  tail.push(`${humanSize(elapsed > 0 ? p.bytes / elapsed : 0)}/s`);
+  if (params.stopTime !== null || measured === undefined || ratio === 1) tail.push(humanDuration(elapsed));
+  else tail.push(`ETA ${measured.value > 0 && elapsed > 0 ? humanDuration(((measured.total - measured.value) * elapsed) / measured.value) : '-:--'}`);
+  const text = tail.join(' | ');
+  if (ratio === undefined) return `${p.label} | ${text}`;
+  // The bar takes what the terminal has left (cli-progress trims the line to its width).
+  const room = params.maxWidth - 1 - [...p.label].length - [...text].length - ' [] '.length - ' | '.length;
+  const size = Math.max(0, Math.min(40, room));
+  if (size < 8) return `${p.label} | ${text}`;
+  const full = Math.round(ratio * size);
+  return `${p.label} [${'█'.repeat(full)}${'░'.repeat(size - full)}] ${text}`;
 }
 
 class TerminalProgress extends Progress {

@@ -204,9 +204,16 @@ export function registerMaintenance(program: Command): void {
       const report = await ctx.with((sn) => sn.check({ repair: o.repair === true }));
       ctx.output(report, () => {
         if (report.problems.length === 0) return 'ok: no problems found\n';
+        const mounted = report.problems.some((p) => p.mountPoints !== undefined);
         return table(
-          ['PROBLEM', 'KEY', 'PATH', 'REPAIRED', 'MOUNTED ON'],
-          report.problems.map((p) => [p.problem, p.key === undefined ? '-' : displayName(p.key), p.path, p.repaired ? 'yes' : 'no', p.mountPoints?.join(',') ?? '']),
+          ['PROBLEM', 'KEY', 'PATH', 'REPAIRED', ...(mounted ? ['MOUNTED ON'] : [])],
+          report.problems.map((p) => [
+            p.problem,
+            p.key === undefined ? '-' : displayName(p.key),
+            p.path,
+            p.repaired ? 'yes' : 'no',
+            ...(mounted ? [p.mountPoints?.join(',') ?? '-'] : []),
+          ]),
         );
       });
       if (!report.ok) {
