@@ -322,7 +322,7 @@ describe('overlay-snapshotter CLI', () => {
       const l2 = await makeLayer([{ name: 'b.txt', content: 'B' }, { name: '.wh.a.txt', content: '' }]);
       writeFileSync(join(top, 'l1.tar'), l1);
       writeFileSync(join(top, 'l2.tar.gz'), gzip(l2));
-      const [c1, c2] = chainIds([sha256(l1), sha256(l2)]);
+      const [c1, c2] = chainIds([sha256(l1), sha256(l2)]) as [string, string];
 
       const imp = await cliAt(root, ['--json', 'import', join(top, 'l1.tar'), join(top, 'l2.tar.gz'), '--label', 'src=test']);
       assert.equal(imp.code, 0, imp.stderr);

@@ -77,7 +77,8 @@ export class Context {
     return !this.json && process.stderr.isTTY === true;
   }
 
-  progress(spec: ProgressSpec): Progress {
-    return Progress.create(this.showProgress, spec);
+  /** A progress bar on stderr when {@link showProgress} (and `worthIt`), else a no-op. */
+  progress(spec: ProgressSpec, worthIt = true): Progress {
+    return Progress.create(worthIt && this.showProgress, spec);
   }
 }

@@ -9,7 +9,8 @@ import { createProgram } from './program.js';
 
 // A reader that goes away (`| head`) ends us quietly, as SIGPIPE ends other tools.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-  if (err.code === 'EPIPE') process.exit(EXIT.BROKEN_PIPE);
+  if (err.code !== 'EPIPE') reportError(err);
+  process.exit(err.code === 'EPIPE' ? EXIT.BROKEN_PIPE : EXIT.FAILURE);
 });
 
 try {

@@ -3,6 +3,7 @@
  * subcommand. `createProgram()` builds a fresh, side-effect-free program
  * (tests inspect it); main.ts parses the real command line with it.
  */
+import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { registerInspect } from './commands/inspect.js';
 import { registerLayers } from './commands/layers.js';
@@ -12,7 +13,8 @@ import { registerSnapshots } from './commands/snapshots.js';
 import { DEFAULT_ROOT, DRIVER_ENV, ROOT_ENV } from './context.js';
 import { PROG } from './exit.js';
 
-export const VERSION = '0.1.0';
+/** The package's version (package.json sits two levels up from both lib/cli/ and dist/cli/). */
+export const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 export function createProgram(): Command {
   const program = new Command(PROG);

@@ -119,7 +119,7 @@ export type LayerEntry = { name: string; type?: 'file'; content: string } | { na
 export async function makeLayer(entries: readonly LayerEntry[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
+  pack.on('data', (c: unknown) => void chunks.push(c as Buffer));
   const done = new Promise<void>((res, rej) => {
     pack.on('end', () => res());
     pack.on('error', rej);

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { type Info, type Kind, type Snapshotter, isNotFound } from '../../index.js';
 import { Context } from '../context.js';
-import { buildForest, displayName, drawForest, fields, humanSize, humanTime, infoJson, labelList, table } from '../format.js';
+import { type TreeNode, buildForest, displayName, drawForest, fields, humanSize, humanTime, infoJson, labelList, table } from '../format.js';
 import { collect } from '../parse.js';
 
 const FILTER_HELP = 'walk filter (containerd syntax, e.g. kind==committed or labels."a.b"==x); repeatable, ORed';
@@ -44,17 +44,15 @@ export function registerInspect(program: Command): void {
       });
       let forest = buildForest(infos);
       if (key !== undefined) {
-        const find = (nodes: typeof forest): (typeof forest)[number] | undefined => {
-          const stack = [...nodes];
-          while (stack.length > 0) {
-            const n = stack.pop()!;
-            if (n.name === key) return n;
-            stack.push(...n.children);
-          }
-          return undefined;
-        };
-        const node = find(forest);
-        forest = node === undefined ? [] : [node];
+        // The subtree of `key`: search without recursion (chains can be long).
+        const stack = [...forest];
+        let found: TreeNode | undefined;
+        while (found === undefined && stack.length > 0) {
+          const n = stack.pop()!;
+          if (n.name === key) found = n;
+          else stack.push(...n.children);
+        }
+        forest = found === undefined ? [] : [found];
       }
       ctx.output(forest, () => drawForest(forest));
     });

@@ -16,6 +16,12 @@ import { counted, counter } from '../progress.js';
 
 const STDIN = '-';
 
+/** The size of a regular file (a bar can then show a percentage); undefined for pipes and devices. */
+function fileSize(file: string): number | undefined {
+  const st = statSync(file);
+  return st.isFile() ? st.size : undefined;
+}
+
 function refuseTerminalInput(): void {
   if (process.stdin.isTTY) throw new UsageError('refusing to read a layer from a terminal; pipe one into stdin or name a FILE');
 }
@@ -29,7 +35,7 @@ export function registerLayers(program: Command): void {
     .action(async (key: string, file: string, _opts: unknown, cmd: Command) => {
       const ctx = Context.of(cmd);
       if (file === STDIN) refuseTerminalInput();
-      const totalBytes = file === STDIN ? undefined : statSync(file).size;
+      const totalBytes = file === STDIN ? undefined : fileSize(file);
       const result = await ctx.with(async (sn) => {
         let read = 0;
         const progress = ctx.progress({ label: 'apply', ...(totalBytes === undefined ? {} : { totalBytes }) });
@@ -99,6 +105,9 @@ export function registerLayers(program: Command): void {
               try {
                 [r] = await Promise.all([diffSnapshot(sn, key, out, options), finished(out)]);
                 if (process.stdout.writableNeedDrain) await once(process.stdout, 'drain');
+              } catch (err) {
+                out.destroy();
+                throw err;
               } finally {
                 process.stdout.removeListener('error', onError);
               }
@@ -106,6 +115,8 @@ export function registerLayers(program: Command): void {
               try {
                 [r] = await Promise.all([diffSnapshot(sn, key, out, options), pipeline(out, createWriteStream(file))]);
               } catch (err) {
+                // Settle the pipeline (the diff may have failed before ending `out`), then drop the partial file.
+                out.destroy();
                 rmSync(file, { force: true });
                 throw err;
               }
@@ -142,7 +153,7 @@ export function registerLayers(program: Command): void {
       if (o.diffId !== undefined && o.diffId.length !== files.length) {
         throw new UsageError(`--diff-id given ${o.diffId.length} times for ${files.length} files; give one per file, in order, or none`);
       }
-      const sizes = files.map((f) => (f === STDIN ? undefined : statSync(f).size));
+      const sizes = files.map((f) => (f === STDIN ? undefined : fileSize(f)));
       const known = sizes.every((s) => s !== undefined);
       const layers: { index: number; file: string; chainID: string; diffID: string; skipped: boolean }[] = [];
       const top = await ctx.with(

@@ -27,7 +27,7 @@ async function cleanup(ctx: Context, sn: Snapshotter): Promise<CleanupJson> {
   const { problems } = await sn.check();
   const candidates = problems.filter((p) => p.problem === 'orphan' || p.problem === 'staging-leftover');
   const measured = new Map<string, { path: string; bytes: number; inodes: number }>();
-  const progress = ctx.progress({ label: 'cleanup', unit: 'entries', total: candidates.length });
+  const progress = ctx.progress({ label: 'cleanup', unit: 'entries', total: candidates.length }, candidates.length > 0);
   let report;
   try {
     let bytes = 0;
