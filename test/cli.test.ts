@@ -484,7 +484,7 @@ describe('overlay-snapshotter CLI', () => {
         assert.match(human.stdout, /^PROBLEM +KEY +PATH +REPAIRED\norphan +- +\S+\/snapshots\/stray +no\n$/);
         assert.equal(human.stderr, 'overlay-snapshotter: 1 problem left; run check --repair to fix what can be fixed\n');
         assert.equal(asJson.code, 7);
-        assert.deepEqual(json(asJson), { ok: false, problems: [{ problem: 'orphan', path: join(root, 'snapshots', 'stray'), repaired: false }] });
+        assert.deepEqual(json(asJson), { ok: false, problems: [{ problem: 'orphan', key: null, path: join(root, 'snapshots', 'stray'), mountPoints: null, repaired: false }] });
         const repaired = await cliAt(root, ['check', '--repair', '--json']);
         assert.equal(repaired.code, 0, repaired.stderr);
         assert.equal(json<{ ok: boolean; problems: { repaired: boolean }[] }>(repaired).problems[0]!.repaired, true);

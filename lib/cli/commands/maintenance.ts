@@ -202,7 +202,12 @@ export function registerMaintenance(program: Command): void {
     .action(async (o: { repair?: boolean }, cmd: Command) => {
       const ctx = Context.of(cmd);
       const report = await ctx.with((sn) => sn.check({ repair: o.repair === true }));
-      ctx.output(report, () => {
+      // Stable JSON: every field present, null where it does not apply.
+      const asJson = {
+        ok: report.ok,
+        problems: report.problems.map((p) => ({ problem: p.problem, key: p.key ?? null, path: p.path, mountPoints: p.mountPoints ?? null, repaired: p.repaired })),
+      };
+      ctx.output(asJson, () => {
         if (report.problems.length === 0) return 'ok: no problems found\n';
         const mounted = report.problems.some((p) => p.mountPoints !== undefined);
         return table(
