@@ -41,7 +41,6 @@ export function humanTime(date: Date): string {
 
 // Keys and names are arbitrary strings: newlines, tabs, escapes and blanks
 // would break a table or a terminal, so such names are shown JSON-quoted.
-// eslint-disable-next-line no-control-regex
 const UNSAFE = /[\s"\\\u0000-\u001f\u007f-\u009f\u2028\u2029]|^$/u;
 
 /** A snapshot name as shown to a human: as is, or JSON-quoted when it has blanks or control characters. */
