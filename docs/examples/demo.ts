@@ -1,5 +1,5 @@
 /**
- * Demo: import two layers, prepare a container on them, mount it, show
+ * Demo: import two layer tarballs, prepare a container on them, mount it, show
  * what the container sees, then unmount and clean up.
  *
  *   npm run demo                 # temporary root, removed afterwards
@@ -9,7 +9,9 @@ import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Snapshotter, mountAll, unmountAll, type Mount } from 'overlay-snapshotter';
+import { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { Snapshotter, importLayers, mountAll, unmountAll, type Mount } from 'overlay-snapshotter';
 
 const { values } = parseArgs({ options: { root: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
 if (values.help) {
@@ -45,32 +47,48 @@ function show(dir: string, prefix = ''): void {
   }
 }
 
+/** A layer tarball made in memory: `files` maps paths to contents ('' + trailing / for a dir). */
+async function layerTar(files: Record<string, string>): Promise<Buffer> {
+  const pack = tar.pack();
+  for (const [name, body] of Object.entries(files)) {
+    if (name.endsWith('/')) pack.entry({ name, type: 'directory', mode: 0o755 });
+    else pack.entry({ name, mode: 0o644 }, body);
+  }
+  pack.finalize();
+  const chunks: Buffer[] = [];
+  for await (const chunk of pack) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
 const sn = await Snapshotter.open(root);
-const run = Date.now().toString(36);
+let top: string | undefined;
+const layers: string[] = [];
 try {
   console.log(`store: ${root}`);
 
-  // Layer 1: a base with two files.
-  await mounted(await sn.prepare(`extract-1-${run}`), (d) => {
-    mkdirSync(join(d, 'etc'));
-    writeFileSync(join(d, 'etc', 'os-release'), 'NAME=demo\n');
-    writeFileSync(join(d, 'hello.txt'), 'hello from layer 1\n');
-    writeFileSync(join(d, 'obsolete.txt'), 'to be deleted by layer 2\n');
+  // Two image layers as OCI tarballs: the second changes a file, deletes
+  // one (an OCI whiteout, .wh.<name>) and adds one.
+  const layer1 = await layerTar({
+    'etc/': '',
+    'etc/os-release': 'NAME=demo\n',
+    'hello.txt': 'hello from layer 1\n',
+    'obsolete.txt': 'to be deleted by layer 2\n',
   });
-  await sn.commit(`layer-1-${run}`, `extract-1-${run}`);
-  console.log(`committed layer-1-${run}`);
-
-  // Layer 2 on top: changes a file, deletes one, adds one.
-  await mounted(await sn.prepare(`extract-2-${run}`, `layer-1-${run}`), (d) => {
-    writeFileSync(join(d, 'hello.txt'), 'hello from layer 2\n');
-    rmSync(join(d, 'obsolete.txt'));
-    writeFileSync(join(d, 'app.sh'), 'echo running\n');
+  const layer2 = await layerTar({
+    'hello.txt': 'hello from layer 2\n',
+    '.wh.obsolete.txt': '',
+    'app.sh': 'echo running\n',
   });
-  await sn.commit(`layer-2-${run}`, `extract-2-${run}`);
-  console.log(`committed layer-2-${run}`);
+  top = await importLayers(sn, [Readable.from([layer1]), Readable.from([layer2])], {
+    onLayer: ({ index, chainID }) => {
+      layers.unshift(chainID);
+      console.log(`imported layer ${index + 1} as ${chainID.slice(0, 19)}…`);
+    },
+  });
 
   // A container on the image.
-  const mounts = await sn.prepare(`container-${run}`, `layer-2-${run}`);
+  const container = `demo-container-${Date.now().toString(36)}`;
+  const mounts = await sn.prepare(container, top);
   console.log('container mount spec:');
   console.log(`  ${mounts[0]!.type} ${mounts[0]!.source} ${mounts[0]!.options.join(',')}`);
   await mounted(mounts, (d) => {
@@ -78,11 +96,11 @@ try {
     console.log('the container sees:');
     show(d);
   });
-  const usage = await sn.usage(`container-${run}`);
+  const usage = await sn.usage(container);
   console.log(`container upper layer: ${usage.size} bytes in ${usage.inodes} inodes`);
 
-  // Tear down: container first, then the layers, children before parents.
-  for (const key of [`container-${run}`, `layer-2-${run}`, `layer-1-${run}`]) await sn.remove(key);
+  // Tear down: the container first, then the layers, children before parents.
+  for (const key of [container, ...layers]) await sn.remove(key);
   await sn.cleanup();
   console.log('removed the container and both layers; done');
 } finally {
