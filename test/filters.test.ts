@@ -7,6 +7,7 @@ import { test } from 'node:test';
 
 import { InvalidArgumentError, isInvalidArgument, q } from '../lib/errors.js';
 import { MAX_REGEX_PROGRAM, parseFilters, type Filter, type FilterTarget, type Selector } from '../lib/filters.js';
+import { prng } from './helpers/prng.js';
 
 function snap(kind: string, name: string, parent = '', labels: Record<string, string> = {}): FilterTarget {
   return { kind, name, parent, labels };
@@ -457,18 +458,6 @@ test('nested-quantifier regexes match a 100k-character value in linear time', ()
   }
   assert.equal(parseFilters(['name~=(a+)+!$']).match(snap('view', BOMB_INPUT)), true);
 });
-
-/** mulberry32: small, seeded, reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Quotes like Go's strconv.Quote would, for the characters the filter syntax can carry. */
 function goQuote(s: string): string {

@@ -1,5 +1,8 @@
 /** A seeded mix of every call on a small, overlapping key space, for the concurrency tests. */
 import type { Snapshotter } from '../../lib/index.js';
+import { prng } from './prng.js';
+
+export { prng };
 
 export interface LoadCounts {
   created: number;
@@ -10,18 +13,6 @@ export interface LoadCounts {
 }
 
 const EXPECTED = new Set(['ERR_NOT_FOUND', 'ERR_ALREADY_EXISTS', 'ERR_FAILED_PRECONDITION', 'ERR_INVALID_ARGUMENT']);
-
-/** mulberry32: small, seedable, good enough to pick operations. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Runs `ops` calls. With `concurrent`, all are started at once and awaited
