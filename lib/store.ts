@@ -8,8 +8,10 @@
  * work inside a transaction (staging a new snapshot) pass a callback that
  * runs while the write lock is held.
  */
+import { readdirSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import createDebug from 'debug';
+import koffi from 'koffi';
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -115,6 +117,157 @@ function toRow(r: RawRow | RawRecord): Row {
   };
 }
 
+/** A raw record followed by its labels as a JSON object (`json_group_object`). */
+type RawFull = [...RawRecord, string | null];
+
+/**
+ * The columns of a record with its parent's name and its labels in one
+ * statement: one read (one pair of WAL read locks) instead of three.
+ */
+const FULL_COLUMNS = `${ROW_COLUMNS}, p.key, (SELECT json_group_object(l.key, l.value) FROM labels l WHERE l.snapshot = s.id)`;
+const FULL_FROM = 'snapshots s LEFT JOIN snapshots p ON p.id = s.parent';
+
+function toRecord(r: RawFull): Record_ {
+  return {
+    id: r[0],
+    key: r[1],
+    kind: KIND_NAME[r[2]]!,
+    parent: r[3],
+    created: r[4],
+    updated: r[5],
+    size: r[6],
+    inodes: r[7],
+    parentName: r[8],
+    // JSON.parse makes own properties, `__proto__` included, as setLabel does.
+    labels: r[9] === null || r[9] === '{}' ? {} : (JSON.parse(r[9]) as Record<string, string>),
+  };
+}
+
+/** A caller's own copy of a cached record (the labels object is theirs to change). */
+function copyRecord(r: Record_): Record_ {
+  return {
+    id: r.id,
+    key: r.key,
+    kind: r.kind,
+    parent: r.parent,
+    created: r.created,
+    updated: r.updated,
+    size: r.size,
+    inodes: r.inodes,
+    parentName: r.parentName,
+    labels: { ...r.labels },
+  };
+}
+
+function copyRow(r: Row): Row {
+  return { id: r.id, key: r.key, kind: r.kind, parent: r.parent, created: r.created, updated: r.updated, size: r.size, inodes: r.inodes };
+}
+
+/** Sort key for a UTF-16 code unit such that code-unit order becomes code-point (= UTF-8 byte) order. */
+function unitRank(u: number): number {
+  return u < 0xd800 ? u : u < 0xe000 ? u + 0x2000 : u - 0x800;
+}
+
+/** Orders records by key bytewise (UTF-8), as SQLite's BINARY collation and containerd's bolt buckets do. */
+function byKey(a: Record_, b: Record_): number {
+  const x = a.key;
+  const y = b.key;
+  const n = Math.min(x.length, y.length);
+  for (let i = 0; i < n; i++) {
+    const cx = x.charCodeAt(i);
+    const cy = y.charCodeAt(i);
+    if (cx !== cy) return unitRank(cx) - unitRank(cy);
+  }
+  return x.length - y.length;
+}
+
+/** Records kept in memory at most; a bigger store is read from SQLite each time. */
+const CACHE_LIMIT = 200_000;
+
+type Libc = { mmap: (...args: unknown[]) => unknown; munmap: (...args: unknown[]) => number };
+let libc: Libc | undefined;
+
+/**
+ * The WAL-index header of a store (the first 48 bytes of `<db>-shm`, in
+ * SQLite's documented wal-index format, https://www.sqlite.org/walformat.html),
+ * mapped read-only. Every commit by any connection of any process rewrites
+ * it (frame count, change counter, checksums; salts on a WAL restart), so
+ * while it reads the same, nothing was committed and what was read before
+ * is still current. Checking it is a few memory loads, where asking SQLite
+ * costs a read transaction (two fcntl locks on the shm file, about 2.5 µs,
+ * more than the rest of a `stat`).
+ */
+class WalHeader {
+  private readonly seen = new Int32Array(12);
+  private words: Int32Array | undefined;
+
+  private constructor(
+    private readonly address: unknown,
+    words: Int32Array,
+  ) {
+    this.words = words;
+  }
+
+  /**
+   * Maps the header of `file`'s WAL index through SQLite's own descriptor
+   * of the shm file, or returns undefined (then nothing is cached). Opening
+   * and closing a descriptor of our own would drop every fcntl lock this
+   * process holds on the file (POSIX locks are per process and per file),
+   * SQLite's included, and let another process reinitialise the shm under
+   * us.
+   */
+  static map(file: string): WalHeader | undefined {
+    try {
+      libc ??= (() => {
+        const lib = koffi.load('libc.so.6');
+        return {
+          mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as Libc['mmap'],
+          munmap: lib.func('int munmap(void *addr, size_t length)') as Libc['munmap'],
+        };
+      })();
+      const shm = statSync(`${file}-shm`, { throwIfNoEntry: false });
+      // SQLite sizes the shm file before it writes the header; mapping past its end would fault.
+      if (shm === undefined || shm.size < 4096) return undefined;
+      let fd: number | undefined;
+      for (const name of readdirSync('/proc/self/fd')) {
+        const st = statSync(`/proc/self/fd/${name}`, { throwIfNoEntry: false });
+        if (st !== undefined && st.dev === shm.dev && st.ino === shm.ino) {
+          fd = Number(name);
+          break;
+        }
+      }
+      if (fd === undefined) return undefined;
+      const address = libc.mmap(null, 4096, 1 /* PROT_READ */, 1 /* MAP_SHARED */, fd, 0);
+      if (address === null || BigInt.asUintN(64, BigInt(koffi.address(address))) === 0xffffffffffffffffn) return undefined;
+      return new WalHeader(address, new Int32Array(koffi.view(address, 48)));
+    } catch (err) {
+      debug('not caching reads of %s: %s', file, (err as Error).message);
+      return undefined;
+    }
+  }
+
+  /** True when the header differs from the one seen at the previous call (a commit happened since). */
+  changed(): boolean {
+    const words = this.words!;
+    const seen = this.seen;
+    let changed = false;
+    for (let i = 0; i < 12; i++) {
+      const w = words[i]!;
+      if (w !== seen[i]) {
+        seen[i] = w;
+        changed = true;
+      }
+    }
+    return changed;
+  }
+
+  unmap(): void {
+    if (this.words === undefined) return;
+    this.words = undefined;
+    libc!.munmap(this.address, 4096);
+  }
+}
+
 function kindLabel(kind: Kind): string {
   return kind === 'active' ? 'an active snapshot' : kind === 'view' ? 'a view' : 'a committed snapshot';
 }
@@ -155,6 +308,28 @@ export class Store {
   private readonly db: Database.Database;
   /** Parent of each committed snapshot seen. Committed parents never change and ids are never reused, so this never goes stale. */
   private readonly committedParent = new Map<number, number | null>();
+  /**
+   * Read caches, valid while the WAL-index header is unchanged (see
+   * {@link WalHeader}) and used only outside transactions: records by key
+   * (stat, mounts, usage) and every record in key order (walk).
+   */
+  private readonly header: WalHeader | undefined;
+  private readonly cache = new Map<string, Record_>();
+  private all: Record_[] | undefined;
+  /** Transaction runners made once: `db.transaction()` per call costs more than a cached read. */
+  private readonly inTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
+  /**
+   * A second connection, opened at the first cache miss, that answers
+   * misses inside one read transaction kept while nothing is committed and
+   * ended when the event loop turns: a burst of misses then takes SQLite's
+   * read locks once, not once per record. Only the cache reads through it.
+   * `null` when it could not be opened (misses then use the main connection).
+   */
+  private reader: { db: Database.Database; begin: Database.Statement; end: Database.Statement; record: Database.Statement<[string], RawFull> } | null | undefined;
+  /** A read transaction is open on {@link reader}. */
+  private readerOpen = false;
+  /** Something was committed since that transaction began: its snapshot is old. */
+  private readerStale = false;
 
   // Prepared statements: hot paths (prepare, commit, stat, mounts) use these.
   private readonly sGet: Database.Statement<[string], RawRow>;
@@ -172,10 +347,22 @@ export class Store {
   private readonly sCommit: Database.Statement<[string, number, number, number, number, number]>;
   private readonly sTouch: Database.Statement<[number, number]>;
   private readonly sIds: Database.Statement<[], [number]>;
+  private readonly sRecord: Database.Statement<[string], RawFull>;
+  private readonly sRecordById: Database.Statement<[number], RawFull>;
+  private readonly sAllRecords: Database.Statement<[], RawFull>;
+  private readonly sLabelEquals: Database.Statement<[string, string], number>;
+  private readonly sLabelPresent: Database.Statement<[string], number>;
 
   private constructor(file: string, db: Database.Database) {
     this.file = file;
     this.db = db;
+    this.header = WalHeader.map(file);
+    this.inTransaction = db.transaction((fn: () => unknown) => fn());
+    this.sRecord = db.prepare<[string], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.key = ?`).raw();
+    this.sRecordById = db.prepare<[number], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.id = ?`).raw();
+    this.sAllRecords = db.prepare<[], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} ORDER BY s.key`).raw();
+    this.sLabelEquals = db.prepare<[string, string], number>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').pluck();
+    this.sLabelPresent = db.prepare<[string], number>('SELECT snapshot FROM labels WHERE key = ?').pluck();
     this.sGet = db.prepare<[string], RawRow>(`SELECT ${ROW_COLUMNS} FROM snapshots s WHERE s.key = ?`).raw();
     this.sGetRecord = db
       .prepare<[string], RawRecord>(`SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent WHERE s.key = ?`)
@@ -220,13 +407,60 @@ export class Store {
   }
 
   close(): void {
+    // Unmapped before SQLite closes: its close may delete the shm file.
+    this.header?.unmap();
+    this.cache.clear();
+    this.all = undefined;
+    if (this.reader) {
+      this.endRead();
+      this.reader.db.close();
+      this.reader = null;
+    }
     if (this.db.open) this.db.close();
+  }
+
+  private openReader(): NonNullable<Store['reader']> | null {
+    try {
+      const db = new Database(this.file, { timeout: this.db.pragma('busy_timeout', { simple: true }) as number });
+      this.reader = {
+        db,
+        begin: db.prepare('BEGIN'),
+        end: db.prepare('COMMIT'),
+        record: db.prepare<[string], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.key = ?`).raw(),
+      };
+    } catch (err) {
+      debug('no reader connection for %s: %s', this.file, (err as Error).message);
+      this.reader = null;
+    }
+    return this.reader;
+  }
+
+  /** Ends the reader's transaction, so that it never holds back checkpoints while the process is idle. */
+  private readonly endRead = (): void => {
+    if (!this.readerOpen) return;
+    this.readerOpen = false;
+    this.reader?.end.run();
+  };
+
+  /** The raw record of `key` for a cache miss (outside any transaction of the main connection). */
+  private readMiss(key: string): RawFull | undefined {
+    const reader = this.reader === undefined ? this.openReader() : this.reader;
+    if (reader === null) return this.sRecord.get(key);
+    if (this.readerOpen && this.readerStale) this.endRead();
+    if (!this.readerOpen) {
+      // Begun after the header was last read, so its snapshot holds at least what the header showed.
+      reader.begin.run();
+      this.readerOpen = true;
+      this.readerStale = false;
+      setImmediate(this.endRead).unref();
+    }
+    return reader.record.get(key);
   }
 
   /** Runs `fn` in one BEGIN IMMEDIATE transaction and translates SQLite errors. */
   private write<T>(fn: () => T): T {
     try {
-      return this.db.transaction(fn).immediate();
+      return this.inTransaction.immediate(fn) as T;
     } catch (err) {
       throw translate(err, this.file);
     }
@@ -235,10 +469,58 @@ export class Store {
   /** Runs `fn` as one consistent read. */
   private read<T>(fn: () => T): T {
     try {
-      return this.db.transaction(fn).deferred();
+      return this.inTransaction.deferred(fn) as T;
     } catch (err) {
       throw translate(err, this.file);
     }
+  }
+
+  /**
+   * Whether the read caches may be used now, emptying them if anything was
+   * committed since they were filled. Never inside a transaction, whose
+   * own uncommitted changes the header does not show.
+   */
+  private cacheUsable(): boolean {
+    if (this.header === undefined || this.db.inTransaction) return false;
+    if (this.header.changed()) {
+      this.cache.clear();
+      this.all = undefined;
+      this.readerStale = true;
+    }
+    return true;
+  }
+
+  /** The record of `key` (shared: callers copy what they hand out), from the cache when current. */
+  private cachedRecord(key: string): Record_ | undefined {
+    try {
+      if (!this.cacheUsable()) {
+        const raw = this.sRecord.get(key);
+        return raw === undefined ? undefined : toRecord(raw);
+      }
+      let rec = this.cache.get(key);
+      if (rec === undefined) {
+        const raw = this.readMiss(key);
+        if (raw === undefined) return undefined;
+        rec = toRecord(raw);
+        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+        this.cache.set(key, rec);
+      }
+      return rec;
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  /** The parent chain from the committed-link cache alone, or undefined if a link is not cached. */
+  private cachedChain(parent: number | null): number[] | undefined {
+    const ids: number[] = [];
+    for (let next = parent; next !== null; ) {
+      ids.push(next);
+      const up = this.committedParent.get(next);
+      if (up === undefined) return undefined;
+      next = up;
+    }
+    return ids;
   }
 
   private labelsOf(id: number): Record<string, string> {
@@ -252,18 +534,16 @@ export class Store {
     return raw === undefined ? undefined : toRow(raw);
   }
 
-  /** The record of `key`, or undefined. Hot: stat. */
+  /** The record of `key`, or undefined. Hot: usage. */
   get(key: string): Row | undefined {
-    try {
-      return this.getRow(key);
-    } catch (err) {
-      throw translate(err, this.file);
-    }
+    const rec = this.cachedRecord(key);
+    return rec === undefined ? undefined : copyRow(rec);
   }
 
-  /** The record of `key` with parent name and labels, or undefined. Hot: stat. */
+  /** The record of `key` with parent name and labels, or undefined. Hot: stat (one statement, or none when cached). */
   record(key: string): Record_ | undefined {
-    return this.read(() => this.recordOf(key));
+    const rec = this.cachedRecord(key);
+    return rec === undefined ? undefined : copyRecord(rec);
   }
 
   private recordOf(key: string): Record_ | undefined {
@@ -293,8 +573,14 @@ export class Store {
     return ids;
   }
 
-  /** A record and its parent chain, read consistently. Hot: mounts. */
+  /** A record and its parent chain, read consistently. Hot: mounts (no statement when cached). */
   rowWithChain(key: string): { row: Row; chain: number[] } | undefined {
+    const rec = this.cachedRecord(key);
+    if (rec === undefined) return undefined;
+    // Committed links never change, so a chain made only of cached links
+    // belongs to this record whenever the record itself is current.
+    const chain = this.cachedChain(rec.parent);
+    if (chain !== undefined) return { row: copyRow(rec), chain };
     return this.read(() => {
       const row = this.getRow(key);
       return row === undefined ? undefined : { row, chain: this.chain(row.parent) };
@@ -441,50 +727,46 @@ export class Store {
    * presence selector on a label or the name, candidates come from indexes.
    */
   walk(filter: Filter): Record_[] {
-    return this.read(() => {
-      const clauses = filter.clauses;
-      let rows: RawRecord[];
-      let labelRows: [number, string, string][];
-      const selective = clauses.length > 0 && clauses.every((c: readonly Selector[]) => c.some(indexable));
-      if (selective) {
-        const ids = new Set<number>();
-        for (const clause of clauses) {
-          for (const id of this.candidates(clause.find(indexable)!)) ids.add(id);
-        }
-        const list = JSON.stringify([...ids]);
-        rows = this.db
-          .prepare<[string], RawRecord>(
-            `SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent
-             WHERE s.id IN (SELECT value FROM json_each(?)) ORDER BY s.key`,
-          )
-          .raw()
-          .all(list);
-        labelRows = this.db
-          .prepare<[string], [number, string, string]>('SELECT snapshot, key, value FROM labels WHERE snapshot IN (SELECT value FROM json_each(?))')
-          .raw()
-          .all(list);
-      } else {
-        rows = this.db
-          .prepare<[], RawRecord>(`SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent ORDER BY s.key`)
-          .raw()
-          .all();
-        labelRows = this.db.prepare<[], [number, string, string]>('SELECT snapshot, key, value FROM labels').raw().all();
-      }
-      const labelsById = new Map<number, Record<string, string>>();
-      for (const [id, k, v] of labelRows) {
-        let labels = labelsById.get(id);
-        if (labels === undefined) labelsById.set(id, (labels = {}));
-        setLabel(labels, k, v);
+    const clauses = filter.clauses;
+    try {
+      if (clauses.length > 0 && clauses.every((c: readonly Selector[]) => c.some(indexable))) {
+        return this.read(() => this.walkIndexed(filter));
       }
       const out: Record_[] = [];
-      for (const raw of rows) {
-        const rec: Record_ = { ...toRow(raw), parentName: raw[8], labels: labelsById.get(raw[0]) ?? {} };
+      for (const rec of this.allRecords()) {
         if (clauses.length === 0 || filter.match({ kind: rec.kind, name: rec.key, parent: rec.parentName ?? '', labels: rec.labels })) {
-          out.push(rec);
+          out.push(copyRecord(rec));
         }
       }
       return out;
-    });
+    } catch (err) {
+      throw translate(err, this.file);
+    }
+  }
+
+  /** Every record in key order (shared: callers copy), from the cache when current; one statement otherwise. */
+  private allRecords(): Record_[] {
+    const usable = this.cacheUsable();
+    if (usable && this.all !== undefined) return this.all;
+    const all = this.sAllRecords.all().map(toRecord);
+    if (usable && all.length <= CACHE_LIMIT) this.all = all;
+    return all;
+  }
+
+  /** A walk whose every OR-clause has an indexed selector: candidates from the indexes, then the full filter. */
+  private walkIndexed(filter: Filter): Record_[] {
+    const ids = new Set<number>();
+    for (const clause of filter.clauses) {
+      for (const id of this.candidates(clause.find(indexable)!)) ids.add(id);
+    }
+    const out: Record_[] = [];
+    for (const id of ids) {
+      const raw = this.sRecordById.get(id);
+      if (raw === undefined) continue;
+      const rec = toRecord(raw);
+      if (filter.match({ kind: rec.kind, name: rec.key, parent: rec.parentName ?? '', labels: rec.labels })) out.push(rec);
+    }
+    return out.sort(byKey);
   }
 
   private candidates(selector: Selector): number[] {
@@ -493,11 +775,7 @@ export class Store {
       return row === undefined ? [] : [row[0]];
     }
     const key = selector.fieldpath.slice(1).join('.');
-    const rows =
-      selector.op === '=='
-        ? this.db.prepare<[string, string], [number]>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').raw().all(key, selector.value)
-        : this.db.prepare<[string], [number]>('SELECT snapshot FROM labels WHERE key = ?').raw().all(key);
-    return rows.map((r) => r[0]);
+    return selector.op === '==' ? this.sLabelEquals.all(key, selector.value) : this.sLabelPresent.all(key);
   }
 
   /**

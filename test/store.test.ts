@@ -1,0 +1,119 @@
+/**
+ * The store's read caches (records by key, the full walk) are checked
+ * against the WAL-index header before every use: whatever another
+ * connection or process commits is seen by the very next read.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { Snapshotter } from '../lib/index.js';
+import { removeTree, tempDir } from './helpers/fixtures.js';
+
+const LIB = fileURLToPath(new URL('../lib/index.ts', import.meta.url));
+
+async function names(sn: Snapshotter, ...filters: string[]): Promise<string[]> {
+  const out: string[] = [];
+  await sn.walk((info) => void out.push(info.name), ...filters);
+  return out;
+}
+
+test('stat, mounts and walk see at once what another connection commits, after they were cached', async () => {
+  const top = tempDir();
+  const a = await Snapshotter.open(join(top, 'root'));
+  const b = await Snapshotter.open(join(top, 'root'));
+  try {
+    await a.prepare('x');
+    await a.commit('base', 'x');
+    await a.prepare('c', 'base', { labels: { k: 'v1' } });
+    // Fill every cache of `a`.
+    assert.equal((await a.stat('c')).labels.k, 'v1');
+    await a.mounts('c');
+    assert.deepEqual(await names(a), ['base', 'c']);
+    assert.deepEqual(await names(a, 'labels.k==v1'), ['c']);
+
+    await b.update({ name: 'c', labels: { k: 'v2' } }, 'labels.k');
+    assert.equal((await a.stat('c')).labels.k, 'v2');
+    const walked: Record<string, string>[] = [];
+    await a.walk((info) => void walked.push(info.labels));
+    assert.equal(walked[1]!.k, 'v2');
+    assert.deepEqual(await names(a, 'labels.k==v2'), ['c']);
+
+    await b.prepare('d', 'base');
+    assert.deepEqual(await names(a), ['base', 'c', 'd']);
+    assert.equal((await a.stat('d')).kind, 'active');
+
+    await b.remove('c');
+    await assert.rejects(a.stat('c'), { code: 'ERR_NOT_FOUND' });
+    await assert.rejects(a.mounts('c'), { code: 'ERR_NOT_FOUND' });
+    assert.deepEqual(await names(a), ['base', 'd']);
+  } finally {
+    await a.close();
+    await b.close();
+    await removeTree(top);
+  }
+});
+
+test('a change committed by another process is seen by the next stat and walk', async () => {
+  const top = tempDir();
+  const root = join(top, 'root');
+  const sn = await Snapshotter.open(root);
+  try {
+    await sn.prepare('c', '', { labels: { k: 'before' } });
+    assert.equal((await sn.stat('c')).labels.k, 'before');
+    assert.deepEqual(await names(sn), ['c']);
+    const script = `import { Snapshotter } from ${JSON.stringify(LIB)};
+      const sn = await Snapshotter.open(${JSON.stringify(root)});
+      await sn.update({ name: 'c', labels: { k: 'after' } }, 'labels.k');
+      await sn.prepare('e');
+      await sn.close();`;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal((await sn.stat('c')).labels.k, 'after');
+    assert.deepEqual(await names(sn), ['c', 'e']);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
+
+test('Info objects from cached records are the caller\'s own: changing one changes no later answer', async () => {
+  const top = tempDir();
+  const sn = await Snapshotter.open(join(top, 'root'), { upperdirLabel: true });
+  try {
+    await sn.prepare('c', '', { labels: { k: 'v' } });
+    const first = await sn.stat('c');
+    first.labels.k = 'changed';
+    first.labels.extra = 'x';
+    const again = await sn.stat('c');
+    assert.equal(again.labels.k, 'v');
+    assert.equal(again.labels.extra, undefined);
+    await sn.walk((info) => {
+      info.labels.k = 'changed by walk';
+    });
+    assert.equal((await sn.stat('c')).labels.k, 'v');
+    let seen = '';
+    await sn.walk((info) => void (seen = info.labels.k!));
+    assert.equal(seen, 'v');
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
+
+test('walk orders keys bytewise (UTF-8), on the indexed path as on the full one', async () => {
+  const top = tempDir();
+  const sn = await Snapshotter.open(join(top, 'root'));
+  try {
+    // U+FF5E sorts before U+1F600 in UTF-8, after its surrogates in UTF-16.
+    const keys = ['\u{1F600}', '\uFF5E', 'b', 'B', 'a\u00e9', 'a'];
+    for (const key of keys) await sn.prepare(key, '', { labels: { x: 'y' } });
+    const expected = [...keys].sort((p, q) => Buffer.compare(Buffer.from(p), Buffer.from(q)));
+    assert.deepEqual(await names(sn), expected);
+    assert.deepEqual(await names(sn, 'labels.x==y'), expected);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
