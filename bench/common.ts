@@ -34,8 +34,8 @@ export interface Metric {
   id: string;
   /** What it is, for the table. */
   label: string;
-  /** `ops/s`, `s`, `x` (a ratio) or `bytes`. */
-  unit: 'ops/s' | 's' | 'x' | 'bytes';
+  /** `ops/s`, `s`, `ms`, `µs`, `x` (a ratio) or `bytes`. */
+  unit: 'ops/s' | 's' | 'ms' | 'µs' | 'x' | 'bytes';
   /** Median over the runs. */
   median: number;
   /** One value per run. */

@@ -98,6 +98,8 @@ const fmt = (v: number | undefined, unit?: string): string => {
   if (unit === 'x') return `${v.toFixed(2)}×`;
   if (unit === 'bytes') return `${(v / 1048576).toFixed(1)} MiB`;
   if (unit === 's') return `${v.toFixed(3)} s`;
+  if (unit === 'ms') return `${v.toFixed(3)} ms`;
+  if (unit === 'µs') return `${v.toFixed(0)} µs`;
   if (Math.abs(v) >= 100) return Math.round(v).toLocaleString('en-US');
   return v.toPrecision(3);
 };

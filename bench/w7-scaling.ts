@@ -65,8 +65,8 @@ export default async function w7(ctx: Context): Promise<WorkloadResult> {
         goal: { cmp: '<=', value: 1.5 },
         higherIsBetter: false,
       }),
-      metric(ctx, { id: 'W7.small', label: `prepare+remove µs/op at ${small}`, unit: 'x', samples: smallUs, higherIsBetter: false, note: 'microseconds per operation' }),
-      metric(ctx, { id: 'W7.large', label: `prepare+remove µs/op at ${large}`, unit: 'x', samples: largeUs, higherIsBetter: false, note: 'microseconds per operation' }),
+      metric(ctx, { id: 'W7.small', label: `prepare+remove per op at ${small}`, unit: 'µs', samples: smallUs, higherIsBetter: false }),
+      metric(ctx, { id: 'W7.large', label: `prepare+remove per op at ${large}`, unit: 'µs', samples: largeUs, higherIsBetter: false }),
     ],
   };
 }

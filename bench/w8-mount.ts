@@ -61,7 +61,7 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
       await dropRoot(root);
     }
   }
-  const ms = (id: string, label: string, samples: number[]) => metric(ctx, { id, label, unit: 'x', samples, higherIsBetter: false, note: 'milliseconds, median of the cycles' });
+  const ms = (id: string, label: string, samples: number[]) => metric(ctx, { id, label, unit: 'ms', samples, higherIsBetter: false });
   return {
     id: 'W8',
     name: 'mount',
@@ -69,10 +69,10 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
     runs: ctx.runs,
     metrics: [
       metric(ctx, { id: 'W8.cycles', label: 'cycles/s (20-layer overlay)', unit: 'ops/s', samples: throughput, containerd: 563, goal: { cmp: '>=', value: 1100 } }),
-      ms('W8.prepare', 'prepare ms (median cycle)', steps.prepare),
-      ms('W8.mount', 'mount ms (median cycle)', steps.mount),
-      ms('W8.unmount', 'unmount ms (median cycle)', steps.unmount),
-      ms('W8.remove', 'remove ms (median cycle)', steps.remove),
+      ms('W8.prepare', 'prepare (median cycle)', steps.prepare),
+      ms('W8.mount', 'mount (median cycle)', steps.mount),
+      ms('W8.unmount', 'unmount (median cycle)', steps.unmount),
+      ms('W8.remove', 'remove (median cycle)', steps.remove),
     ],
   };
 }
