@@ -320,16 +320,17 @@ export class Store {
   private readonly inTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
   /**
    * A second connection, opened at the first cache miss, that answers
-   * misses inside one read transaction kept while nothing is committed and
-   * ended when the event loop turns: a burst of misses then takes SQLite's
-   * read locks once, not once per record. Only the cache reads through it.
-   * `null` when it could not be opened (misses then use the main connection).
+   * misses inside one read transaction: a burst of misses takes SQLite's
+   * read locks once, not once per record. The transaction ends as soon as
+   * anything is committed (by this process's next write, or when a read
+   * sees the header change) and when the event loop turns, so that it
+   * never holds an old snapshot, nor back checkpoints for long. Only the
+   * cache reads through it. `null` when it could not be opened (misses then
+   * use the main connection).
    */
   private reader: { db: Database.Database; begin: Database.Statement; end: Database.Statement; record: Database.Statement<[string], RawFull> } | null | undefined;
   /** A read transaction is open on {@link reader}. */
   private readerOpen = false;
-  /** Something was committed since that transaction began: its snapshot is old. */
-  private readerStale = false;
 
   // Prepared statements: hot paths (prepare, commit, stat, mounts) use these.
   private readonly sGet: Database.Statement<[string], RawRow>;
@@ -446,12 +447,10 @@ export class Store {
   private readMiss(key: string): RawFull | undefined {
     const reader = this.reader === undefined ? this.openReader() : this.reader;
     if (reader === null) return this.sRecord.get(key);
-    if (this.readerOpen && this.readerStale) this.endRead();
     if (!this.readerOpen) {
       // Begun after the header was last read, so its snapshot holds at least what the header showed.
       reader.begin.run();
       this.readerOpen = true;
-      this.readerStale = false;
       setImmediate(this.endRead).unref();
     }
     return reader.record.get(key);
@@ -460,6 +459,7 @@ export class Store {
   /** Runs `fn` in one BEGIN IMMEDIATE transaction and translates SQLite errors. */
   private write<T>(fn: () => T): T {
     try {
+      this.endRead();
       return this.inTransaction.immediate(fn) as T;
     } catch (err) {
       throw translate(err, this.file);
@@ -485,7 +485,7 @@ export class Store {
     if (this.header.changed()) {
       this.cache.clear();
       this.all = undefined;
-      this.readerStale = true;
+      this.endRead();
     }
     return true;
   }

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -112,6 +113,29 @@ test('walk orders keys bytewise (UTF-8), on the indexed path as on the full one'
     const expected = [...keys].sort((p, q) => Buffer.compare(Buffer.from(p), Buffer.from(q)));
     assert.deepEqual(await names(sn), expected);
     assert.deepEqual(await names(sn, 'labels.x==y'), expected);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
+
+test('a cache miss followed by many writes in one turn of the event loop does not hold the WAL back', async () => {
+  const top = tempDir();
+  const root = join(top, 'root');
+  const sn = await Snapshotter.open(root);
+  try {
+    await sn.prepare('base');
+    // A miss: the reader connection begins a read transaction...
+    await sn.stat('base');
+    // ...and these writes all run before the event loop turns (each call resolves at once).
+    for (let i = 0; i < 1500; i++) {
+      await sn.prepare(`k${i}`);
+      await sn.remove(`k${i}`);
+    }
+    // 3,000 commits of about 4 pages each: a pinned snapshot would keep all ~48 MB of them in the WAL.
+    const wal = statSync(join(root, 'metadata.db-wal')).size;
+    assert.ok(wal < 16 * 1024 * 1024, `WAL is ${wal} bytes`);
+    assert.equal((await sn.stat('base')).kind, 'active');
   } finally {
     await sn.close();
     await removeTree(top);
