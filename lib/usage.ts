@@ -179,8 +179,16 @@ function fastUsage(sys: Sys, root: string): Usage {
   const theirs = shared === undefined ? [] : stack.filter((_, i) => i % 2 === 1);
   const ours = shared === undefined ? stack : stack.filter((_, i) => i % 2 === 0);
   const job = shared?.post(theirs);
-  walkDirs(sys, b, ours, t);
-  const result = job?.result();
+  const started = Date.now();
+  let failure: { error: unknown } | undefined;
+  try {
+    walkDirs(sys, b, ours, t);
+  } catch (error) {
+    failure = { error };
+  }
+  // Collected even when our half failed, so that the helper is idle before the next job.
+  const result = job?.result(Date.now() - started);
+  if (failure !== undefined) throw failure.error;
   if (result === undefined) {
     if (theirs.length > 0) walkDirs(sys, b, theirs, t);
   } else {
@@ -216,7 +224,8 @@ const READY = 1;
 const ACCEPT_TIMEOUT_MS = 2000;
 
 interface Helper {
-  post(dirs: string[]): { result(): JobResult | undefined };
+  /** Posts a job; `result` waits for it, given how long the caller took for its own half. */
+  post(dirs: string[]): { result(ownMs: number): JobResult | undefined };
 }
 
 let helperState: { worker: Worker; port: MessagePort; flag: Int32Array } | null | undefined;
@@ -251,7 +260,7 @@ function helper(): Helper | undefined {
     return undefined;
   }
   const state = helperState;
-  if (state === null || Atomics.load(state.flag, 1) !== READY) return undefined;
+  if (state === null || Atomics.load(state.flag, 1) !== READY || Atomics.load(state.flag, 0) !== IDLE) return undefined;
   return {
     post(dirs) {
       // Drop an answer to an earlier job that was given up on.
@@ -259,14 +268,22 @@ function helper(): Helper | undefined {
       Atomics.store(state.flag, 0, POSTED);
       state.port.postMessage(dirs);
       return {
-        result() {
+        result(ownMs) {
           let since = Date.now();
+          // A helper that died mid-job (it never throws: errors come back as answers) must not hang us.
+          const deadline = since + 60_000 + 4 * ownMs;
           for (;;) {
             const now = Atomics.load(state.flag, 0);
             if (now === DONE) break;
+            if (Date.now() > deadline) {
+              helperState = null;
+              void state.worker.terminate();
+              throw new Error('disk usage helper thread stopped answering');
+            }
             if (now === POSTED && Date.now() - since > ACCEPT_TIMEOUT_MS) {
               if (Atomics.compareExchange(state.flag, 0, POSTED, CANCELLED) === POSTED) {
                 helperState = null;
+                void state.worker.terminate();
                 return undefined;
               }
             }
