@@ -13,14 +13,17 @@
  * gives the same bytes and so the same digest.
  */
 import { createHash } from 'node:crypto';
-import { type Stats, closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
+import { type Stats, lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname as pathDirname, join as pathJoin } from 'node:path';
 import { Transform, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
-import tar, { type Header, type Pack } from 'tar-stream';
+import type { Header } from 'tar-stream';
 import { FailedPreconditionError, InvalidArgumentError, q } from '../errors.js';
 import type { LayerDigest, LayerTarget } from './apply.js';
 import { StreamHash } from './hash.js';
+import { type BatchReader, type Filled, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
 import { OPAQUE_MARKER, WHITEOUT_PREFIX, abs, joinRel } from './paths.js';
 import { lgetxattr, llistxattr, splitdev } from './sys.js';
@@ -47,10 +50,6 @@ export interface DiffResult extends LayerDigest {
 }
 
 const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
-/** Files up to this size are read in one go; larger ones stream in chunks of it. */
-const CHUNK = 1024 * 1024;
-/** Bytes we let pile up between the walk and the consumer before waiting. */
-const HIGH_WATER = 8 * 1024 * 1024;
 /** tar-stream encodes mtimes through a 32-bit `| 0`, and ids in 7 octal digits: past these, PAX records carry the value. */
 const MAX_HEADER_TIME = 0x7fffffff;
 const MAX_HEADER_ID = 0o7777777;
@@ -60,7 +59,7 @@ const MAX_HEADER_ID = 0o7777777;
  * layer must diff to the same bytes.
  */
 const MARKER_TIME = new Date(0);
-/** Bytes of tar gathered before one write to the output. */
+/** Bytes of tar per batch: one read round trip and one write to the output (file bodies are split across batches). */
 const BATCH = 1024 * 1024;
 
 /**
@@ -102,50 +101,161 @@ function validateDiffOptions(opts: DiffOptions): void {
   }
 }
 
-/** Walks the tree and feeds the packer, waiting whenever the consumer falls behind. */
+/** tar-stream's own header codec (the module `pack` uses; not in its exports map, so loaded by path). */
+interface TarHeaders {
+  encode(header: Header): Buffer | null;
+  encodePax(opts: { name: string; linkname?: string; pax?: Record<string, string> }): Buffer;
+}
+const requireCjs = createRequire(import.meta.url);
+const tarHeaders = requireCjs(pathJoin(pathDirname(requireCjs.resolve('tar-stream')), 'headers.js')) as TarHeaders;
+
+/** Batches of output laid out ahead of the consumer; each one is a round trip to the reader. */
+const IN_FLIGHT = 6;
+
+/** One batch of tar output: headers and padding written, holes left for the file bodies the reader fills. */
+interface Batch {
+  ab: ArrayBuffer;
+  buf: Buffer;
+  used: number;
+  jobs: ReadJob[];
+  /** The entry name of each job, for errors. */
+  rels: string[];
+}
+
+type Item = { batch: Batch; filled: Promise<Filled> } | { error: unknown };
+
+/**
+ * Walks the tree depth first with an explicit stack, one entry per
+ * {@link step}, and lays the tar out into batches that go to the reader as
+ * soon as they are full; {@link diffLayer} takes them back in order.
+ */
 class Differ {
   private readonly links = new Map<string, string>();
-  private produced = 0;
-  private consumed = 0;
-  private waiter: { resolve: () => void; reject: (err: unknown) => void } | undefined;
-  private failure: unknown;
   private readonly opaqueXattr: string;
+  private readonly stack: Array<{ dirRel: string; dirPath: string; items: Array<[string, Stats, boolean]>; i: number }> = [];
+  private cur: Batch;
+  /** Sealed batches (and a walk error, in its place), in output order. */
+  readonly queue: Item[] = [];
+  done = false;
+  /** Bytes of tar laid out so far. */
+  size = 0;
 
   constructor(
     private readonly root: string,
-    private readonly pack: Pack,
+    private readonly reader: BatchReader,
     private readonly epoch: number | undefined,
     userxattr: boolean,
   ) {
     this.opaqueXattr = userxattr ? 'user.overlay.opaque' : 'trusted.overlay.opaque';
-  }
-
-  /** Called by the output side for every chunk it takes from the packer. */
-  took(n: number): void {
-    this.consumed += n;
-    if (this.waiter && this.produced - this.consumed <= HIGH_WATER / 2) {
-      const w = this.waiter;
-      this.waiter = undefined;
-      w.resolve();
+    this.cur = this.newBatch();
+    try {
+      this.pushDir('');
+    } catch (err) {
+      this.queue.push({ error: err });
+      this.done = true;
     }
   }
 
-  fail(err: unknown): void {
-    this.failure = err;
-    const w = this.waiter;
-    this.waiter = undefined;
-    w?.reject(err);
+  private newBatch(): Batch {
+    const ab = new ArrayBuffer(BATCH);
+    return { ab, buf: Buffer.from(ab), used: 0, jobs: [], rels: [] };
   }
 
-  /** Counts what was handed to the packer (a header block and padded data), and waits if too much is queued. */
-  private async account(bytes: number, header = true): Promise<void> {
-    this.produced += header ? 512 + bytes + ((512 - (bytes % 512)) % 512) : bytes;
-    if (this.failure) throw this.failure;
-    if (this.produced - this.consumed > HIGH_WATER) {
-      await new Promise<void>((resolve, reject) => {
-        this.waiter = { resolve, reject };
-      });
+  private seal(): void {
+    const b = this.cur;
+    if (b.used === 0) return;
+    this.queue.push({ batch: b, filled: this.reader.fill(b.ab, b.used, b.jobs) });
+    this.cur = this.newBatch();
+  }
+
+  /** Copies bytes into the output. */
+  private put(bytes: Buffer): void {
+    let off = 0;
+    while (off < bytes.length) {
+      const b = this.cur;
+      const n = Math.min(BATCH - b.used, bytes.length - off);
+      bytes.copy(b.buf, b.used, off, off + n);
+      b.used += n;
+      off += n;
+      if (b.used === BATCH) this.seal();
     }
+    this.size += bytes.length;
+  }
+
+  /** Leaves `n` zero bytes (batches start zeroed). */
+  private zeros(n: number): void {
+    this.size += n;
+    while (n > 0) {
+      const b = this.cur;
+      const k = Math.min(BATCH - b.used, n);
+      b.used += k;
+      n -= k;
+      if (b.used === BATCH) this.seal();
+    }
+  }
+
+  /** tar's padding of a body of `size` bytes to the next 512-byte block. */
+  private pad(size: number): void {
+    const rest = size & 511;
+    if (rest) this.zeros(512 - rest);
+  }
+
+  /** A hole for `size` bytes of the file at `path`, filled by the reader (an empty file is still opened, as it was). */
+  private body(path: string, rel: string, size: number): void {
+    let off = 0;
+    do {
+      const b = this.cur;
+      const n = Math.min(BATCH - b.used, size - off);
+      b.jobs.push({ path, fileOff: off, len: n, bufOff: b.used });
+      b.rels.push(rel);
+      b.used += n;
+      off += n;
+      if (b.used === BATCH) this.seal();
+    } while (off < size);
+    this.size += size;
+    this.pad(size);
+  }
+
+  /** Ends the archive (two zero blocks) and sends the last batch. */
+  finish(): void {
+    this.zeros(1024);
+    this.seal();
+  }
+
+  /** Header bytes of one entry, as tar-stream's pack writes them (its defaults, then ustar or its own PAX header). */
+  private encode(h: Header & { linkname?: string }): void {
+    if (!h.size || h.type === 'symlink') h.size = 0;
+    if (!h.mode) h.mode = h.type === 'directory' ? 0o755 : 0o644;
+    if (!h.uid) h.uid = 0;
+    if (!h.gid) h.gid = 0;
+    if (!h.pax) {
+      const buf = tarHeaders.encode(h);
+      if (buf) {
+        this.put(buf);
+        return;
+      }
+    }
+    const paxHeader = tarHeaders.encodePax({ name: h.name, linkname: h.linkname, pax: h.pax as Record<string, string> | undefined });
+    const nh = {
+      name: 'PaxHeader',
+      mode: h.mode,
+      uid: h.uid,
+      gid: h.gid,
+      size: paxHeader.byteLength,
+      mtime: h.mtime,
+      type: 'pax-header',
+      linkname: h.linkname && 'PaxHeader',
+      uname: h.uname,
+      gname: h.gname,
+      devmajor: h.devmajor,
+      devminor: h.devminor,
+    } as unknown as Header;
+    this.put(tarHeaders.encode(nh)!);
+    this.put(paxHeader);
+    this.pad(paxHeader.byteLength);
+    nh.size = h.size;
+    nh.type = h.type;
+    this.put(tarHeaders.encode(nh)!);
   }
 
   /** Whole seconds, clamped to the epoch option; negative times become 0. */
@@ -181,8 +291,8 @@ class Differ {
     return { list, opaque };
   }
 
-  /** Adds one entry; binary xattr values go in a PAX header we build (see pax.ts). */
-  private async add(header: Header & { linkname?: string }, xattrs: Array<[string, Buffer]>, body?: Buffer): Promise<Writable> {
+  /** Writes one entry's header(s); binary xattr values go in a PAX header we build (see pax.ts). */
+  private add(header: Header & { linkname?: string }, xattrs: Array<[string, Buffer]>): void {
     // Values the ustar fields cannot hold go in PAX records (tar-stream would write garbage).
     const big: Array<[string, string]> = [];
     const secs = header.mtime.getTime() / 1000;
@@ -212,108 +322,74 @@ class Differ {
         for (const [k, v] of xattrs) records.push([XATTR_PAX_PREFIX + k, v]);
         const paxData = paxBody(records);
         const base = name.replace(/\/$/, '');
-        const ph: Header = {
+        // tar-stream writes PAX bodies only as UTF-8 strings: this one, with byte values, is its own entry.
+        this.encode({
           name: `PaxHeaders/${base.slice(base.lastIndexOf('/') + 1).slice(0, 80).replace(/[^\x20-\x7e]/g, '_')}`,
-          type: 'file',
+          type: 'pax-header',
           size: paxData.length,
           mode: 0o644,
           mtime: header.mtime,
-        } as Header;
-        this.pack.entry(ph, paxData);
-        // tar-stream writes PAX bodies only as UTF-8 strings; a byte body has to be entered as a
-        // file and retyped before the packer encodes its header (it does so on a later tick).
-        (ph as { type: string }).type = 'pax-header';
-        await this.account(paxData.length);
+        } as unknown as Header);
+        this.put(paxData);
+        this.pad(paxData.length);
       }
     }
-    const sink = (body ? this.pack.entry(header, body) : this.pack.entry(header)) as unknown as Writable;
-    // A file entered without its body streams its data later and counts it then.
-    await this.account(body?.length ?? 0);
-    return sink;
+    this.encode(header);
   }
 
-  /** A file small enough to read in one go: one read into a buffer of its size. */
-  private async addFile(path: string, rel: string, st: Stats, header: Header, xattrs: Array<[string, Buffer]>): Promise<void> {
-    const size = st.size;
-    const buf = Buffer.allocUnsafe(size);
-    const fd = openSync(path, 'r');
-    try {
-      let off = 0;
-      while (off < size) {
-        const n = readSync(fd, buf, off, size - off, off);
-        if (n === 0) throw new FailedPreconditionError(`${q(rel)} shrank while being diffed`);
-        off += n;
-      }
-    } finally {
-      closeSync(fd);
-    }
-    header.size = size;
-    await this.add(header, xattrs, buf);
-  }
-
-  /** A large file: streamed into its entry chunk by chunk, waiting for the consumer. */
-  private async streamFile(path: string, rel: string, st: Stats, header: Header, xattrs: Array<[string, Buffer]>): Promise<void> {
-    header.size = st.size;
-    const fd = openSync(path, 'r');
-    try {
-      const sink = await this.add(header, xattrs);
-      let off = 0;
-      while (off < st.size) {
-        const want = Math.min(CHUNK, st.size - off);
-        // A fresh buffer per chunk: the packer keeps a reference until the consumer takes it.
-        const buf = Buffer.allocUnsafe(want);
-        let got = 0;
-        while (got < want) {
-          const n = readSync(fd, buf, got, want - got, off + got);
-          if (n === 0) throw new FailedPreconditionError(`${q(rel)} shrank while being diffed`);
-          got += n;
-        }
-        off += want;
-        sink.write(buf);
-        await this.account(want, false);
-      }
-      sink.end();
-      await this.account((512 - (st.size % 512)) % 512, false);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  async walk(dirRel: string): Promise<void> {
+  /** Reads and lstats a directory's children: whiteouts first (as markers), then the rest, each sorted. */
+  private pushDir(dirRel: string): void {
     const dirPath = abs(this.root, dirRel);
     const names = readdirSync(dirPath).sort();
-    const whiteouts: Array<[string, Stats]> = [];
-    const others: Array<[string, Stats]> = [];
+    const whiteouts: Array<[string, Stats, boolean]> = [];
+    const others: Array<[string, Stats, boolean]> = [];
     for (const name of names) {
       const st = lstatSync(`${dirPath}/${name}`);
-      if (st.isCharacterDevice() && st.rdev === 0) whiteouts.push([name, st]);
-      else others.push([name, st]);
+      if (st.isCharacterDevice() && st.rdev === 0) whiteouts.push([name, st, true]);
+      else others.push([name, st, false]);
     }
-    for (const [name] of whiteouts) {
-      await this.add(
-        { name: joinRel(dirRel, WHITEOUT_PREFIX + name), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header,
-        [],
-        Buffer.alloc(0),
-      );
-    }
-    for (const [name, st] of others) {
-      const rel = joinRel(dirRel, name);
-      await this.entry(rel, `${dirPath}/${name}`, st);
+    this.stack.push({ dirRel, dirPath, items: whiteouts.length > 0 ? whiteouts.concat(others) : others, i: 0 });
+  }
+
+  /** Lays out the next entry of the walk; sets {@link done} at the end. A failure takes its place in the queue. */
+  step(): void {
+    try {
+      const top = this.stack[this.stack.length - 1];
+      if (!top) {
+        this.finish();
+        this.done = true;
+        return;
+      }
+      const item = top.items[top.i++];
+      if (!item) {
+        this.stack.pop();
+        return;
+      }
+      const [name, st, whiteout] = item;
+      if (whiteout) {
+        this.encode({ name: joinRel(top.dirRel, WHITEOUT_PREFIX + name), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
+        return;
+      }
+      this.entry(joinRel(top.dirRel, name), `${top.dirPath}/${name}`, st);
+    } catch (err) {
+      this.seal();
+      this.queue.push({ error: err });
+      this.done = true;
     }
   }
 
-  private async entry(rel: string, path: string, st: Stats): Promise<void> {
+  private entry(rel: string, path: string, st: Stats): void {
     const { list, opaque } = this.xattrs(path, rel);
     const header = { name: rel, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: this.mtime(st) } as Header & { linkname?: string };
     if (st.isDirectory()) {
       header.type = 'directory';
       // tar-stream does not add the conventional trailing slash to directory names itself.
       header.name = `${rel}/`;
-      await this.add(header, list);
+      this.add(header, list);
       if (opaque) {
-        await this.add({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header, [], Buffer.alloc(0));
+        this.encode({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
       }
-      await this.walk(rel);
+      this.pushDir(rel);
       return;
     }
     if (st.nlink > 1) {
@@ -323,20 +399,22 @@ class Differ {
         header.type = 'link';
         header.linkname = first;
         header.size = 0;
-        await this.add(header, []);
+        this.add(header, []);
         return;
       }
       this.links.set(key, rel);
     }
     if (st.isFile()) {
       header.type = 'file';
-      if (st.size <= CHUNK) return this.addFile(path, rel, st, header, list);
-      return this.streamFile(path, rel, st, header, list);
+      header.size = st.size;
+      this.add(header, list);
+      this.body(path, rel, st.size);
+      return;
     }
     if (st.isSymbolicLink()) {
       header.type = 'symlink';
       header.linkname = readlinkSync(path);
-      await this.add(header, list);
+      this.add(header, list);
       return;
     }
     if (st.isCharacterDevice() || st.isBlockDevice()) {
@@ -344,19 +422,40 @@ class Differ {
       const { major, minor } = splitdev(st.rdev);
       header.devmajor = major;
       header.devminor = minor;
-      await this.add(header, list);
+      this.add(header, list);
       return;
     }
     if (st.isFIFO()) {
       header.type = 'fifo';
-      await this.add(header, list);
+      this.add(header, list);
       return;
     }
     // Sockets are not part of a filesystem image (tar skips them too).
   }
-
 }
 
+/** The error for a batch the reader could not fill. */
+function readFailure(batch: Batch, f: FillFailure): Error {
+  const rel = batch.rels[f.index] ?? '';
+  if (f.shrank) return new FailedPreconditionError(`${q(rel)} shrank while being diffed`);
+  const err: NodeJS.ErrnoException = new Error(f.message ?? `cannot read ${q(rel)}`);
+  if (f.code !== undefined) err.code = f.code;
+  if (f.errno !== undefined) err.errno = f.errno;
+  if (f.syscall !== undefined) err.syscall = f.syscall;
+  if (f.path !== undefined) err.path = f.path;
+  return err;
+}
+
+/**
+ * Writes the changes held in `target.upper` as a layer tar to `out` (which
+ * is ended when done) and returns the digests: `digest`/`size` of the
+ * uncompressed tar (the diffID) and `compressedDigest`/`compressedSize` of
+ * what was written. With no lowers, the whole tree is the layer.
+ *
+ * `target.lowers` is not read: an overlay upper is already the change set.
+ * The upper must not change while this runs (diff an active that is not
+ * mounted, or whose container is stopped).
+ */
 /**
  * Writes the changes held in `target.upper` as a layer tar to `out` (which
  * is ended when done) and returns the digests: `digest`/`size` of the
@@ -373,9 +472,8 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   const st = lstatSync(root, { throwIfNoEntry: false });
   if (!st?.isDirectory()) throw new InvalidArgumentError(`diff source ${q(root)} is not a directory`);
 
-  const pack = tar.pack();
-  const differ = new Differ(root, pack, opts.sourceDateEpoch, target.userxattr ?? false);
-  const hashU = new StreamHash();
+  const reader = batchReader();
+  const differ = new Differ(root, reader, opts.sourceDateEpoch, target.userxattr ?? false);
   const hashC = new StreamHash();
   const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
   const tapC = new Transform({
@@ -385,67 +483,35 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
     },
   });
   const head: Writable = gzip ?? out;
-  const flowing = (gzip ? pipeline(gzip, tapC, out) : finished(out)).catch((err: unknown) => {
-    differ.fail(err);
-    throw err;
+  const flowing = gzip ? pipeline(gzip, tapC, out) : finished(out);
+  // Rejects only: raced against 'drain' so that a failing output does not leave us waiting.
+  const failed = new Promise<never>((_, reject) => {
+    flowing.catch(reject);
   });
-  // tar-stream emits a header, a body and a padding chunk per entry. Writing each on its own costs
-  // a round trip through the writable per chunk (a file stream's buffer is only 16 KiB), so the
-  // packer's output is gathered into batches of about BATCH bytes first.
-  let batch: Buffer[] = [];
-  let batchLen = 0;
-  const flush = (): void => {
-    if (batchLen === 0) return;
-    const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batchLen);
-    batch = [];
-    batchLen = 0;
-    if (!head.write(buf)) {
-      pack.pause();
-      head.once('drain', () => pack.resume());
+  failed.catch(() => {});
+  try {
+    for (;;) {
+      while (!differ.done && differ.queue.length < IN_FLIGHT) differ.step();
+      const item = differ.queue.shift();
+      if (!item) break;
+      if ('error' in item) throw item.error;
+      const { ab, failure } = await item.filled;
+      if (failure) throw readFailure(item.batch, failure);
+      if (!head.write(Buffer.from(ab, 0, item.batch.used))) {
+        await Promise.race([new Promise<void>((resolve) => head.once('drain', resolve)), failed]);
+      }
     }
-  };
-  pack.on('data', (data) => {
-    const chunk = data as Buffer;
-    hashU.update(chunk);
-    if (chunk.length >= BATCH / 4) {
-      // File data in big pieces: no point copying it into a batch.
-      flush();
-      batch.push(chunk);
-      batchLen = chunk.length;
-      flush();
-    } else {
-      batch.push(chunk);
-      batchLen += chunk.length;
-      if (batchLen >= BATCH) flush();
-    }
-    differ.took(chunk.length);
-  });
-  pack.on('end', () => {
-    flush();
     head.end();
-  });
-  pack.on('error', (err) => {
-    head.destroy(err as Error);
-  });
-  try {
-    await differ.walk('');
-    pack.finalize();
-  } catch (err) {
-    pack.destroy(err as Error);
-    await flowing.catch(() => {});
-    hashU.abort();
-    hashC.abort();
-    throw err;
-  }
-  try {
     await flowing;
   } catch (err) {
-    hashU.abort();
+    reader.abort();
     hashC.abort();
+    head.destroy(err as Error);
+    await flowing.catch(() => {});
     throw err;
   }
-  const digest = await hashU.digest();
-  if (gzip) return { digest, size: hashU.size, compressedDigest: await hashC.digest(), compressedSize: hashC.size };
+  const digest = await reader.digest();
+  if (gzip) return { digest, size: differ.size, compressedDigest: await hashC.digest(), compressedSize: hashC.size };
   hashC.abort();
-  return { digest, size: hashU.size, compressedDigest: digest, compressedSize: hashU.size };
+  return { digest, size: differ.size, compressedDigest: digest, compressedSize: differ.size };
 }

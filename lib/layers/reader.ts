@@ -1,0 +1,229 @@
+/**
+ * The file-reading and hashing half of {@link diffLayer}: it fills the file
+ * bodies into batches of tar output that the walk has laid out (headers
+ * written, padding left zero, a hole of the right size per file body) and
+ * feeds each batch, in order, to the SHA-256 of the layer.
+ *
+ * With a second CPU this runs in a shared worker thread, so that the
+ * open/read/close of every file and the hash overlap the walk (readdir,
+ * lstat, xattrs) and the header encoding on the main thread; batches are
+ * transferred both ways, never copied, and the main thread writes each
+ * returned batch to the output as one chunk. Without one (or with
+ * `OVERLAY_SNAPSHOTTER_HASH_WORKER=0`) the same work runs inline.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { useWorker } from './hash.js';
+
+/** Where a part of one file's body goes: `len` bytes from `fileOff` of `path`, at `bufOff` in the batch. */
+export interface ReadJob {
+  path: string;
+  fileOff: number;
+  len: number;
+  bufOff: number;
+}
+
+/** Why filling a batch stopped: the job index, and either "the file shrank" or the system error's fields. */
+export interface FillFailure {
+  index: number;
+  shrank: boolean;
+  message?: string;
+  code?: string;
+  errno?: number;
+  syscall?: string;
+  path?: string;
+}
+
+export interface Filled {
+  ab: ArrayBuffer;
+  failure: FillFailure | undefined;
+}
+
+/** One diff's reader: fills and hashes batches strictly in the order given. */
+export interface BatchReader {
+  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled>;
+  /** `sha256:<hex>` of every batch filled. */
+  digest(): Promise<string>;
+  abort(): void;
+}
+
+/** Reads the jobs' byte ranges into `buf`; the inline twin of `fill` in WORKER_SOURCE. */
+function fillInline(buf: Buffer, jobs: ReadJob[]): FillFailure | undefined {
+  for (let i = 0; i < jobs.length; i++) {
+    const j = jobs[i]!;
+    let fd: number | undefined;
+    try {
+      fd = openSync(j.path, 'r');
+      let got = 0;
+      while (got < j.len) {
+        const n = readSync(fd, buf, j.bufOff + got, j.len - got, j.fileOff + got);
+        if (n === 0) return { index: i, shrank: true };
+        got += n;
+      }
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  return undefined;
+}
+
+class InlineReader implements BatchReader {
+  private readonly hash = createHash('sha256');
+
+  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled> {
+    const buf = Buffer.from(ab, 0, used);
+    const failure = fillInline(buf, jobs);
+    if (!failure) this.hash.update(buf);
+    return Promise.resolve({ ab, failure });
+  }
+
+  digest(): Promise<string> {
+    return Promise.resolve(`sha256:${this.hash.digest('hex')}`);
+  }
+
+  abort(): void {}
+}
+
+// Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { openSync, readSync, closeSync } = require('node:fs');
+const hashes = new Map();
+function fill(buf, paths, nums) {
+  for (let i = 0; i < paths.length; i++) {
+    const fileOff = nums[3 * i], len = nums[3 * i + 1], bufOff = nums[3 * i + 2];
+    let fd;
+    try {
+      fd = openSync(paths[i], 'r');
+      let got = 0;
+      while (got < len) {
+        const n = readSync(fd, buf, bufOff + got, len - got, fileOff + got);
+        if (n === 0) return { index: i, shrank: true };
+        got += n;
+      }
+    } catch (e) {
+      return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  return undefined;
+}
+parentPort.on('message', (m) => {
+  if (m.ab) {
+    const buf = Buffer.from(m.ab, 0, m.used);
+    const failure = fill(buf, m.paths, m.nums);
+    if (!failure) {
+      let h = hashes.get(m.id);
+      if (!h) hashes.set(m.id, (h = createHash('sha256')));
+      h.update(buf);
+    }
+    parentPort.postMessage({ id: m.id, seq: m.seq, ab: m.ab, failure }, [m.ab]);
+  } else if (m.done) {
+    const h = hashes.get(m.id) || createHash('sha256');
+    hashes.delete(m.id);
+    parentPort.postMessage({ id: m.id, digest: h.digest('hex') });
+  } else if (m.abort) {
+    hashes.delete(m.id);
+  }
+});
+`;
+
+interface Waiting {
+  resolve: (m: { ab?: ArrayBuffer; failure?: FillFailure; digest?: string }) => void;
+  reject: (err: unknown) => void;
+}
+
+let worker: Worker | undefined;
+let nextId = 1;
+let active = 0;
+/** Keyed by `${id}:${seq}` for batches, `${id}:done` for digests. */
+const waiting = new Map<string, Waiting>();
+
+function readerWorker(): Worker {
+  if (worker) return worker;
+  const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+  w.on('message', (m: { id: number; seq?: number; digest?: string; ab?: ArrayBuffer; failure?: FillFailure }) => {
+    const key = m.digest !== undefined ? `${m.id}:done` : `${m.id}:${m.seq}`;
+    const p = waiting.get(key);
+    if (!p) return;
+    waiting.delete(key);
+    p.resolve(m);
+  });
+  const fail = (err: unknown): void => {
+    if (worker === w) worker = undefined;
+    for (const p of waiting.values()) p.reject(err);
+    waiting.clear();
+  };
+  w.on('error', fail);
+  w.on('exit', (code) => fail(new Error(`layer reader worker exited with code ${code}`)));
+  w.unref();
+  worker = w;
+  return w;
+}
+
+class WorkerReader implements BatchReader {
+  private readonly id = nextId++;
+  private readonly w = readerWorker();
+  private seq = 0;
+  private finished = false;
+
+  constructor() {
+    // Keep the process alive while batches are in the worker (the caller awaits them).
+    if (active++ === 0) this.w.ref();
+  }
+
+  private wait(key: string): Promise<{ ab?: ArrayBuffer; failure?: FillFailure; digest?: string }> {
+    return new Promise((resolve, reject) => waiting.set(key, { resolve, reject }));
+  }
+
+  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled> {
+    const seq = this.seq++;
+    const paths = new Array<string>(jobs.length);
+    const nums = new Float64Array(jobs.length * 3);
+    for (let i = 0; i < jobs.length; i++) {
+      const j = jobs[i]!;
+      paths[i] = j.path;
+      nums[3 * i] = j.fileOff;
+      nums[3 * i + 1] = j.len;
+      nums[3 * i + 2] = j.bufOff;
+    }
+    const done = this.wait(`${this.id}:${seq}`);
+    this.w.postMessage({ id: this.id, seq, ab, used, paths, nums }, [ab]);
+    return done.then((m) => ({ ab: m.ab!, failure: m.failure }));
+  }
+
+  private release(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (--active === 0) this.w.unref();
+  }
+
+  async digest(): Promise<string> {
+    const done = this.wait(`${this.id}:done`);
+    this.w.postMessage({ id: this.id, done: true });
+    try {
+      return `sha256:${(await done).digest!}`;
+    } finally {
+      this.release();
+    }
+  }
+
+  abort(): void {
+    if (this.finished) return;
+    // Messages are handled in order: batches still in the worker are filled first, then dropped with the hash.
+    for (const key of waiting.keys()) if (key.startsWith(`${this.id}:`)) waiting.delete(key);
+    this.w.postMessage({ id: this.id, abort: true });
+    this.release();
+  }
+}
+
+/** A reader for one diff: in the worker when there is a CPU for it (see `useWorker`), else inline. */
+export function batchReader(): BatchReader {
+  return useWorker() ? new WorkerReader() : new InlineReader();
+}
