@@ -78,6 +78,8 @@ import {
   joinRel,
   refuse,
 } from './paths.js';
+import { useWorker } from './hash.js';
+import { DEFER_MAX, Writers } from './writer.js';
 import { fsetxattr, lgetxattr, lremovexattr, lsetxattr, lutimesNs, lxattrs, mknod, mkwhiteout, splitdev } from './sys.js';
 
 const debug = createDebug('overlay-snapshotter:layers');
@@ -147,6 +149,7 @@ interface SavedDir {
 }
 
 interface PendingFile {
+  /** -1 when the file is made by the writer threads ({@link Writers}). */
   fd: number;
   rel: string;
   entry: string;
@@ -222,6 +225,10 @@ class Applier {
   /** Dir mode and times, set when all entries are in (children would disturb mtimes). */
   private readonly finalDirs = new Map<string, { mode: number; times?: { atime: number; mtime: number } }>();
   private pending: PendingFile | undefined;
+  /** Helper threads that make small new files, when there is a CPU for them. */
+  private readonly writers: Writers | undefined = useWorker() ? new Writers() : undefined;
+  /** Files handed to the writers: journalled before they exist, so undo must not insist on removing them. */
+  private readonly deferred = new Set<string>();
 
   constructor(target: LayerTarget, opts: ApplyOptions) {
     this.upper = target.upper.replace(/\/+$/, '') || '/';
@@ -379,6 +386,11 @@ class Applier {
 
   // ---- journal -----------------------------------------------------------
 
+  /** Waits until every file handed to the writer threads exists (before anything that could see or touch one). */
+  private barrier(): void {
+    this.writers?.barrier();
+  }
+
   private created(rel: string, node: Node): void {
     this.remember(rel, node);
     this.createdOrder.push(rel);
@@ -419,6 +431,7 @@ class Applier {
 
   /** Moves a pre-existing upper entry aside (never deletes it before the apply succeeds). */
   private moveAside(rel: string, wasDir: boolean): void {
+    this.barrier();
     const stash = `${this.ensureUndoDir()}/${this.backupSeq++}`;
     this.touchParent(dirname(rel));
     renameSync(abs(this.upper, rel), stash);
@@ -428,6 +441,7 @@ class Applier {
 
   /** Deletes something this apply made (a later entry replaces it). */
   private removeOurs(rel: string, wasDir: boolean): void {
+    this.barrier();
     rmSync(abs(this.upper, rel), { recursive: wasDir, force: true });
     this.forget(rel, wasDir);
   }
@@ -565,6 +579,29 @@ class Applier {
     this.clear(rel, false, entry);
     this.touchParent(parent);
     const path = abs(this.upper, rel);
+    const size = header.size ?? 0;
+    if (this.writers && !xattrs && size <= DEFER_MAX) {
+      // Made by a writer thread: the same calls, in the same order, as below and in finishFile.
+      const { uid, gid } = this.sameOwner ? entryOwner(header) : { uid: -1, gid: -1 };
+      const chown = this.sameOwner && (uid !== this.euid || gid !== this.egid || !this.nodes.get(parent)?.created);
+      const mode = (header.mode ?? 0o644) & 0o7777;
+      const { atime, mtime } = entryTimes(header);
+      this.writers.begin({
+        path,
+        mode: mode & 0o777,
+        off: 0,
+        len: size,
+        uid: chown ? uid : -1,
+        gid: chown ? gid : -1,
+        chmod: mode !== (mode & 0o777 & ~this.umask) ? mode : -1,
+        atime,
+        mtime,
+      });
+      this.created(rel, { created: true, dir: false });
+      this.deferred.add(rel);
+      this.pending = { fd: -1, rel, entry, header, xattrs };
+      return this.pending;
+    }
     const fd = openSync(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, (header.mode ?? 0o644) & 0o777);
     this.created(rel, { created: true, dir: false });
     this.pending = { fd, rel, entry, header, xattrs };
@@ -573,6 +610,10 @@ class Applier {
 
   /** Writes a chunk of the pending file's data. */
   write(file: PendingFile, chunk: Buffer): void {
+    if (file.fd < 0) {
+      this.writers!.write(chunk);
+      return;
+    }
     let off = 0;
     while (off < chunk.length) off += writeSync(file.fd, chunk, off, chunk.length - off);
   }
@@ -580,6 +621,11 @@ class Applier {
   /** Owner, mode, xattrs and times of the pending file, in the order that keeps setuid bits and capabilities. */
   finishFile(file: PendingFile): void {
     const { fd, header } = file;
+    if (fd < 0) {
+      this.pending = undefined;
+      this.writers!.end();
+      return;
+    }
     const path = abs(this.upper, file.rel);
     try {
       if (this.sameOwner) {
@@ -620,6 +666,7 @@ class Applier {
     if (target === '') throw refuse(entry, 'hard link to the root directory');
     if (target === rel) throw refuse(entry, 'hard link to itself');
     if (isWithin(target, rel)) throw refuse(entry, `hard link target ${q(target)} is inside the entry it would replace`);
+    this.barrier();
     // The target's parents get the same checks as an entry's: no symlinks, no escapes.
     this.ensureDir(dirname(target), entry);
     const targetPath = abs(this.upper, target);
@@ -693,6 +740,7 @@ class Applier {
     // overlayfs does not honour the opaque xattr on the upper's root.
     if (this.overlay && dirRel === '') throw refuse(entry, 'the root directory cannot be made opaque in an overlay');
     if (!this.ensureDir(dirRel, entry, this.overlay)) return;
+    this.barrier();
     const node = this.nodes.get(dirRel)!;
     const path = abs(this.upper, dirRel);
     if (!node.created) {
@@ -754,6 +802,7 @@ class Applier {
 
   /** Sets dir modes and times now that no entry will disturb them, and drops the undo dir. */
   commit(): void {
+    this.barrier();
     const rels = [...this.finalDirs.keys()].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
     for (const rel of rels) {
       const fin = this.finalDirs.get(rel)!;
@@ -767,15 +816,24 @@ class Applier {
   /** Plays the journal backwards: the upper is as it was before the apply. */
   rollback(): void {
     if (this.pending) {
-      try {
-        closeSync(this.pending.fd);
-      } catch {
-        /* already closed */
+      if (this.pending.fd >= 0) {
+        try {
+          closeSync(this.pending.fd);
+        } catch {
+          /* already closed */
+        }
       }
       this.pending = undefined;
     }
+    this.writers?.settle();
     for (let i = this.createdOrder.length - 1; i >= 0; i--) {
-      rmSync(abs(this.upper, this.createdOrder[i]!), { recursive: true, force: true });
+      const rel = this.createdOrder[i]!;
+      try {
+        rmSync(abs(this.upper, rel), { recursive: true, force: true });
+      } catch (err) {
+        // A writer thread may have failed to make it (e.g. ENAMETOOLONG): then there is nothing to remove.
+        if (!this.deferred.has(rel)) throw err;
+      }
     }
     for (let i = this.backups.length - 1; i >= 0; i--) {
       const b = this.backups[i]!;

@@ -233,6 +233,47 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.equal(res.size, 0);
     }));
 
+  test('files made by the writer threads match files made inline, and a failure in a writer thread undoes the apply', () =>
+    withDirs(async (top) => {
+      const entries: Array<{ header: Record<string, unknown> & { name: string }; body?: string | Buffer }> = [{ header: { name: 'd/', type: 'directory', mode: 0o750, uid: 5, gid: 6 } }];
+      for (let i = 0; i < 700; i++) {
+        entries.push({
+          header: { name: `d/f${i}`, type: 'file', mode: i % 7 === 0 ? 0o4755 : 0o640, uid: i % 3, gid: i % 5, mtime: new Date((1_600_000_000 + i) * 1000) },
+          body: Buffer.alloc((i * 997) % 5000, i & 0xff),
+        });
+      }
+      // A later entry replaces one of them, and a hard link points at another: both wait for the threads.
+      entries.push({ header: { name: 'd/f3', type: 'symlink', linkname: 'f4' } });
+      entries.push({ header: { name: 'd/link', type: 'link', linkname: 'd/f5' } });
+      const layer = await packTar(entries);
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        const fingerprints = [];
+        for (const mode of ['1', '0']) {
+          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
+          const upper = join(top, `upper${mode}`);
+          mkdirSync(upper);
+          await applyLayer(src(layer), { upper, lowers: [] });
+          fingerprints.push(treeFingerprint(upper, { dirMtimes: true }));
+        }
+        assert.deepEqual(fingerprints[0], fingerprints[1]);
+        assert.equal(fingerprints[0]!.entries.get('d/f7')?.mode, 0o4755);
+        assert.equal(fingerprints[0]!.entries.get('d/f3')?.type, 'symlink');
+        // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays.
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
+        const bad = await packTar([...entries.slice(0, 300), { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' }, ...entries.slice(300, 400)]);
+        const upper = join(top, 'upper-bad');
+        mkdirSync(upper);
+        const before = treeFingerprint(upper, { dirMtimes: true });
+        await assert.rejects(applyLayer(src(bad), { upper, lowers: [] }), { code: 'ENAMETOOLONG' });
+        assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before);
+        assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
   test('a target that is not a directory is InvalidArgumentError', () =>
     withDirs(async (top) => {
       writeFileSync(join(top, 'file'), '');

@@ -1,0 +1,245 @@
+/**
+ * File creation for {@link applyLayer} on helper threads. Making a file
+ * (open O_CREAT|O_EXCL, write, fchown, fchmod, futimens, close) is mostly
+ * kernel time, and for a layer of many small files it is most of the
+ * apply; with a second CPU, two worker threads do it while the main thread
+ * parses the tar and checks every entry. The main thread still decides
+ * everything (path checks, the journal, modes and owners): a worker only
+ * runs the calls it is handed, in order, and reports the first failure.
+ *
+ * The protocol is synchronous on the main side, so the applier stays
+ * synchronous: batches go out with `postMessage`; each worker counts the
+ * batches it has finished in a shared Int32Array, and {@link Writers.barrier}
+ * blocks with `Atomics.wait` until every batch sent is done, then reads the
+ * replies with `receiveMessageOnPort`. The applier calls it before anything
+ * that could see or touch a file still in flight (replacing or deleting an
+ * entry this layer made, hard links, opaque dirs, setting dir times at the
+ * end, undo).
+ */
+import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from 'node:worker_threads';
+
+/** One file to make: `body` is `len` bytes at `off` of the batch. */
+export interface FileOp {
+  path: string;
+  mode: number;
+  off: number;
+  len: number;
+  /** fchown to these, or -1 to skip. */
+  uid: number;
+  gid: number;
+  /** fchmod to this, or -1 to skip (open already gave the mode). */
+  chmod: number;
+  atime: number;
+  mtime: number;
+}
+
+interface Failure {
+  message: string;
+  code?: string;
+  errno?: number;
+  syscall?: string;
+  path?: string;
+}
+
+// Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
+const WORKER_SOURCE = `
+const { workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const { port, counter } = workerData;
+const FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+port.on('message', (m) => {
+  let failure;
+  try {
+    const buf = Buffer.from(m.ab);
+    const n = m.paths.length;
+    const v = m.nums;
+    for (let i = 0; i < n; i++) {
+      const k = 8 * i;
+      const off = v[k], len = v[k + 1], mode = v[k + 2], uid = v[k + 3], gid = v[k + 4], chmod = v[k + 5];
+      let fd;
+      try {
+        fd = fs.openSync(m.paths[i], FLAGS, mode);
+        let done = 0;
+        while (done < len) done += fs.writeSync(fd, buf, off + done, len - done);
+        if (uid !== -1) fs.fchownSync(fd, uid, gid);
+        if (chmod !== -1) fs.fchmodSync(fd, chmod);
+        fs.futimesSync(fd, v[k + 6], v[k + 7]);
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+      }
+    }
+  } catch (e) {
+    failure = { message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
+  }
+  port.postMessage({ id: m.id, failure });
+  Atomics.add(counter, 0, 1);
+  Atomics.notify(counter, 0);
+});
+`;
+
+interface Slot {
+  worker: Worker;
+  port: MessagePort;
+  counter: Int32Array;
+  sent: number;
+}
+
+let slots: Slot[] | undefined;
+/** Failures reported for each apply (by id), read from the ports by whichever apply drains them. */
+const failures = new Map<number, Failure>();
+let nextId = 1;
+
+const WORKERS = 2;
+/** Bytes of file data per batch, and the most files. */
+const BATCH = 1024 * 1024;
+const MAX_FILES = 256;
+/** Batches in flight per worker before the main thread waits for one. */
+const MAX_AHEAD = 3;
+/** Files up to this size are handed to the workers; bigger ones are written on the main thread. */
+export const DEFER_MAX = 256 * 1024;
+
+function startSlots(): Slot[] {
+  if (slots) return slots;
+  slots = [];
+  for (let i = 0; i < WORKERS; i++) {
+    const { port1, port2 } = new MessageChannel();
+    const counter = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { port: port2, counter }, transferList: [port2] });
+    worker.unref();
+    port1.unref();
+    worker.on('error', () => {
+      slots = undefined;
+    });
+    slots.push({ worker, port: port1, counter, sent: 0 });
+  }
+  return slots;
+}
+
+function drainReplies(slot: Slot): void {
+  for (;;) {
+    const r = receiveMessageOnPort(slot.port) as { message: { id: number; failure?: Failure } } | undefined;
+    if (!r) return;
+    if (r.message.failure && !failures.has(r.message.id)) failures.set(r.message.id, r.message.failure);
+  }
+}
+
+function done(slot: Slot): number {
+  return Atomics.load(slot.counter, 0);
+}
+
+/** Blocks until `slot` has at most `ahead` batches unfinished. */
+function waitFor(slot: Slot, ahead: number): void {
+  for (;;) {
+    const d = done(slot);
+    if (slot.sent - d <= ahead) return;
+    Atomics.wait(slot.counter, 0, d, 1000);
+  }
+}
+
+function toError(f: Failure): NodeJS.ErrnoException {
+  const err: NodeJS.ErrnoException = new Error(f.message);
+  if (f.code !== undefined) err.code = f.code;
+  if (f.errno !== undefined) err.errno = f.errno;
+  if (f.syscall !== undefined) err.syscall = f.syscall;
+  if (f.path !== undefined) err.path = f.path;
+  return err;
+}
+
+/** One apply's file writers. */
+export class Writers {
+  private readonly id = nextId++;
+  private readonly slots = startSlots();
+  private next = 0;
+  private ab = new ArrayBuffer(BATCH);
+  private buf = Buffer.from(this.ab);
+  private used = 0;
+  private ops: FileOp[] = [];
+  /** The file being collected: its body so far goes at `used`. */
+  private open: FileOp | undefined;
+
+  /** Starts a file; its body follows with {@link write}, then {@link end}. */
+  begin(op: FileOp): void {
+    if (this.used + op.len > BATCH || this.ops.length >= MAX_FILES) this.send();
+    op.off = this.used;
+    this.open = op;
+  }
+
+  write(chunk: Buffer): void {
+    chunk.copy(this.buf, this.used);
+    this.used += chunk.length;
+  }
+
+  end(): void {
+    const op = this.open!;
+    this.open = undefined;
+    op.len = this.used - op.off;
+    this.ops.push(op);
+  }
+
+  /** Drops a file begun but not ended (its entry failed). */
+  cancel(): void {
+    if (this.open) this.used = this.open.off;
+    this.open = undefined;
+  }
+
+  private send(): void {
+    if (this.ops.length === 0) return;
+    const slot = this.slots[this.next]!;
+    this.next = (this.next + 1) % this.slots.length;
+    waitFor(slot, MAX_AHEAD - 1);
+    drainReplies(slot);
+    this.check();
+    const n = this.ops.length;
+    const paths = new Array<string>(n);
+    const nums = new Float64Array(8 * n);
+    for (let i = 0; i < n; i++) {
+      const op = this.ops[i]!;
+      const k = 8 * i;
+      paths[i] = op.path;
+      nums[k] = op.off;
+      nums[k + 1] = op.len;
+      nums[k + 2] = op.mode;
+      nums[k + 3] = op.uid;
+      nums[k + 4] = op.gid;
+      nums[k + 5] = op.chmod;
+      nums[k + 6] = op.atime;
+      nums[k + 7] = op.mtime;
+    }
+    slot.sent++;
+    slot.port.postMessage({ id: this.id, ab: this.ab, paths, nums }, [this.ab]);
+    this.ab = new ArrayBuffer(BATCH);
+    this.buf = Buffer.from(this.ab);
+    this.used = 0;
+    this.ops = [];
+  }
+
+  private check(): void {
+    const f = failures.get(this.id);
+    if (f) {
+      failures.delete(this.id);
+      throw toError(f);
+    }
+  }
+
+  /** Sends what is collected and blocks until every file handed over exists; throws the first failure. */
+  barrier(): void {
+    this.send();
+    for (const slot of this.slots) {
+      waitFor(slot, 0);
+      drainReplies(slot);
+    }
+    this.check();
+  }
+
+  /** For undo: waits for the workers and forgets any failure. */
+  settle(): void {
+    this.cancel();
+    this.ops = [];
+    this.used = 0;
+    for (const slot of this.slots) {
+      waitFor(slot, 0);
+      drainReplies(slot);
+    }
+    failures.delete(this.id);
+  }
+}
