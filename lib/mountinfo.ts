@@ -23,9 +23,9 @@ function unescape(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
 }
 
-export function readMountTable(): MountEntry[] {
+export function readMountTable(text = readFileSync('/proc/self/mountinfo', 'utf8')): MountEntry[] {
   const out: MountEntry[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+  for (const line of text.split('\n')) {
     if (line === '') continue;
     const fields = line.split(' ');
     const sep = fields.indexOf('-', 6);
@@ -48,11 +48,15 @@ function deviceOf(path: string): string {
 
 /**
  * Maps snapshot ids under `snapshotsDir` to the mount points that use them.
- * Reads the mount table once.
+ * Reads the mount table once. With `only`, answers for that id alone, and
+ * skips parsing when the table cannot mention it (hot path: remove): every
+ * path form that names a snapshot's directory contains `/<id>`.
  */
-export function snapshotMounts(snapshotsDir: string): Map<number, string[]> {
+export function snapshotMounts(snapshotsDir: string, only?: number): Map<number, string[]> {
   const users = new Map<number, string[]>();
-  const table = readMountTable();
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  if (only !== undefined && !text.includes(`/${only}`)) return users;
+  const table = readMountTable(text);
   const prefix = `${snapshotsDir}/`;
   const add = (path: string, mountPoint: string) => {
     if (!path.startsWith(prefix)) return;

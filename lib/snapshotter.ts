@@ -454,7 +454,7 @@ export class Snapshotter {
       }
     }
     const row = this.store.remove(key, (found) => {
-      const users = snapshotMounts(this.snapshotsDir).get(found.id);
+      const users = snapshotMounts(this.snapshotsDir, found.id).get(found.id);
       if (users !== undefined) {
         throw new FailedPreconditionError(
           `cannot remove ${q(key)}: it is mounted at ${users.join(', ')}; unmount it first (or open the snapshotter with \`unmountOnRemove\`)`,
