@@ -7,8 +7,10 @@
  * 0-4 KiB); --quick scales both down tenfold. For each:
  *   apply: `tar -xf layer.tar -C dir`   vs applyLayer(layer.tar) into an overlay upper (one empty lower)
  *   diff:  `tar -cf out.tar -C dir .`   vs diffLayer(dir) to a file
- * Each figure is the best of a few interleaved runs, each into a fresh path,
- * with `sync` before each so writeback of one run does not land on the next. Needs root (the
+ * Each figure is the best of three interleaved runs, each into a fresh path,
+ * with `sync` before each so writeback of one run does not land on the next,
+ * and the order alternating (tar first, then ours first, ...) so that neither
+ * side always runs right after the data set was written. Needs root (the
  * layer keeps owners) and a few GiB free under --dir (default $TMPDIR or
  * /tmp). On a slow disk both sides wait on file creation and the ratio says
  * little; `--dir /dev/shm` (tmpfs) compares the CPU cost of the two.
@@ -28,7 +30,7 @@ const jsonIdx = args.indexOf('--json');
 const jsonFile = jsonIdx >= 0 ? args[jsonIdx + 1] : undefined;
 const dirIdx = args.indexOf('--dir');
 const baseDir = dirIdx >= 0 ? args[dirIdx + 1]! : (process.env.TMPDIR ?? tmpdir());
-const runs = quick ? 3 : 2;
+const runs = 3;
 
 interface DataSet {
   name: string;
@@ -60,7 +62,7 @@ function generate(dir: string, set: DataSet): number {
 }
 
 /**
- * Best time of each of two commands over a few rounds, interleaved (tar, ours, tar, ours, ...).
+ * Best time of each of two commands over a few rounds, interleaved and alternating (tar, ours, ours, tar, tar, ours).
  * Every run writes to a fresh path and nothing is deleted until the end: deleting a large
  * tree just before a timed run slows the next file creations on some disks, and would
  * favour whichever side ran first.
@@ -72,7 +74,7 @@ async function bestOf(
 ): Promise<[number, number]> {
   const min: [number, number] = [Infinity, Infinity];
   for (let r = 0; r < runs; r++) {
-    for (const side of [0, 1] as const) {
+    for (const side of r % 2 === 0 ? ([0, 1] as const) : ([1, 0] as const)) {
       sync();
       const t0 = process.hrtime.bigint();
       if (side === 0) tarRun(r);
