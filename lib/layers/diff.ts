@@ -23,7 +23,7 @@ import type { Header } from 'tar-stream';
 import { FailedPreconditionError, InvalidArgumentError, q } from '../errors.js';
 import type { LayerDigest, LayerTarget } from './apply.js';
 import { StreamHash } from './hash.js';
-import { type BatchReader, type Filled, type FillFailure, type ReadJob, batchReader } from './reader.js';
+import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
 import { OPAQUE_MARKER, WHITEOUT_PREFIX, abs, joinRel } from './paths.js';
 import { lgetxattr, llistxattr, splitdev } from './sys.js';
@@ -114,7 +114,7 @@ const IN_FLIGHT = 6;
 
 /** One batch of tar output: headers and padding written, holes left for the file bodies the reader fills. */
 interface Batch {
-  ab: ArrayBuffer;
+  ab: ArrayBufferLike;
   buf: Buffer;
   used: number;
   jobs: ReadJob[];
@@ -122,7 +122,7 @@ interface Batch {
   rels: string[];
 }
 
-type Item = { batch: Batch; filled: Promise<Filled> } | { error: unknown };
+type Item = { batch: Batch; filled: Promise<FillFailure | undefined> } | { error: unknown };
 
 /**
  * Walks the tree depth first with an explicit stack, one entry per
@@ -157,7 +157,7 @@ class Differ {
   }
 
   private newBatch(): Batch {
-    const ab = new ArrayBuffer(BATCH);
+    const ab = this.reader.alloc(BATCH);
     return { ab, buf: Buffer.from(ab), used: 0, jobs: [], rels: [] };
   }
 
@@ -473,6 +473,7 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   if (!st?.isDirectory()) throw new InvalidArgumentError(`diff source ${q(root)} is not a directory`);
 
   const reader = batchReader();
+  const hashU = new StreamHash();
   const differ = new Differ(root, reader, opts.sourceDateEpoch, target.userxattr ?? false);
   const hashC = new StreamHash();
   const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
@@ -495,22 +496,26 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
       const item = differ.queue.shift();
       if (!item) break;
       if ('error' in item) throw item.error;
-      const { ab, failure } = await item.filled;
+      const failure = await item.filled;
       if (failure) throw readFailure(item.batch, failure);
-      if (!head.write(Buffer.from(ab, 0, item.batch.used))) {
+      const chunk = Buffer.from(item.batch.ab, 0, item.batch.used);
+      hashU.update(chunk);
+      if (!head.write(chunk)) {
         await Promise.race([new Promise<void>((resolve) => head.once('drain', resolve)), failed]);
       }
     }
     head.end();
     await flowing;
   } catch (err) {
-    reader.abort();
+    reader.close();
+    hashU.abort();
     hashC.abort();
     head.destroy(err as Error);
     await flowing.catch(() => {});
     throw err;
   }
-  const digest = await reader.digest();
+  reader.close();
+  const digest = await hashU.digest();
   if (gzip) return { digest, size: differ.size, compressedDigest: await hashC.digest(), compressedSize: hashC.size };
   hashC.abort();
   return { digest, size: differ.size, compressedDigest: digest, compressedSize: differ.size };

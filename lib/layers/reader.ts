@@ -1,17 +1,16 @@
 /**
- * The file-reading and hashing half of {@link diffLayer}: it fills the file
- * bodies into batches of tar output that the walk has laid out (headers
- * written, padding left zero, a hole of the right size per file body) and
- * feeds each batch, in order, to the SHA-256 of the layer.
+ * The file-reading half of {@link diffLayer}: it fills the file bodies into
+ * batches of tar output that the walk has laid out (headers written,
+ * padding left zero, a hole of the right size per file body).
  *
  * With a second CPU this runs in a shared worker thread, so that the
- * open/read/close of every file and the hash overlap the walk (readdir,
- * lstat, xattrs) and the header encoding on the main thread; batches are
- * transferred both ways, never copied, and the main thread writes each
- * returned batch to the output as one chunk. Without one (or with
- * `OVERLAY_SNAPSHOTTER_HASH_WORKER=0`) the same work runs inline.
+ * open/read/close of every file overlaps the walk (readdir, lstat, xattrs)
+ * and the header encoding on the main thread. Batches live in shared
+ * memory: the reader fills them in place, the main thread writes each one
+ * to the output as one chunk, and the hash worker (hash.ts) reads the same
+ * memory, so no file byte is copied or transferred. Without a second CPU
+ * (or with `OVERLAY_SNAPSHOTTER_HASH_WORKER=0`) the same work runs inline.
  */
-import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { useWorker } from './hash.js';
@@ -35,17 +34,13 @@ export interface FillFailure {
   path?: string;
 }
 
-export interface Filled {
-  ab: ArrayBuffer;
-  failure: FillFailure | undefined;
-}
-
-/** One diff's reader: fills and hashes batches strictly in the order given. */
+/** One diff's reader: fills batches (in order, though nothing depends on it). */
 export interface BatchReader {
-  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled>;
-  /** `sha256:<hex>` of every batch filled. */
-  digest(): Promise<string>;
-  abort(): void;
+  /** Memory for a batch: shared with the worker (nothing moves), or plain when inline. */
+  alloc(size: number): ArrayBufferLike;
+  fill(ab: ArrayBufferLike, used: number, jobs: ReadJob[]): Promise<FillFailure | undefined>;
+  /** Done (or failed): the worker may be let go. */
+  close(): void;
 }
 
 /** Reads the jobs' byte ranges into `buf`; the inline twin of `fill` in WORKER_SOURCE. */
@@ -72,28 +67,21 @@ function fillInline(buf: Buffer, jobs: ReadJob[]): FillFailure | undefined {
 }
 
 class InlineReader implements BatchReader {
-  private readonly hash = createHash('sha256');
-
-  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled> {
-    const buf = Buffer.from(ab, 0, used);
-    const failure = fillInline(buf, jobs);
-    if (!failure) this.hash.update(buf);
-    return Promise.resolve({ ab, failure });
+  alloc(size: number): ArrayBufferLike {
+    return new ArrayBuffer(size);
   }
 
-  digest(): Promise<string> {
-    return Promise.resolve(`sha256:${this.hash.digest('hex')}`);
+  fill(ab: ArrayBufferLike, used: number, jobs: ReadJob[]): Promise<FillFailure | undefined> {
+    return Promise.resolve(fillInline(Buffer.from(ab, 0, used), jobs));
   }
 
-  abort(): void {}
+  close(): void {}
 }
 
 // Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
 const { openSync, readSync, closeSync } = require('node:fs');
-const hashes = new Map();
 function fill(buf, paths, nums) {
   for (let i = 0; i < paths.length; i++) {
     const fileOff = nums[3 * i], len = nums[3 * i + 1], bufOff = nums[3 * i + 2];
@@ -115,45 +103,31 @@ function fill(buf, paths, nums) {
   return undefined;
 }
 parentPort.on('message', (m) => {
-  if (m.ab) {
-    const buf = Buffer.from(m.ab, 0, m.used);
-    const failure = fill(buf, m.paths, m.nums);
-    if (!failure) {
-      let h = hashes.get(m.id);
-      if (!h) hashes.set(m.id, (h = createHash('sha256')));
-      h.update(buf);
-    }
-    parentPort.postMessage({ id: m.id, seq: m.seq, ab: m.ab, failure }, [m.ab]);
-  } else if (m.done) {
-    const h = hashes.get(m.id) || createHash('sha256');
-    hashes.delete(m.id);
-    parentPort.postMessage({ id: m.id, digest: h.digest('hex') });
-  } else if (m.abort) {
-    hashes.delete(m.id);
-  }
+  const failure = fill(Buffer.from(m.ab, 0, m.used), m.paths, m.nums);
+  parentPort.postMessage({ id: m.id, seq: m.seq, failure });
 });
 `;
 
 interface Waiting {
-  resolve: (m: { ab?: ArrayBuffer; failure?: FillFailure; digest?: string }) => void;
+  resolve: (failure: FillFailure | undefined) => void;
   reject: (err: unknown) => void;
 }
 
 let worker: Worker | undefined;
 let nextId = 1;
 let active = 0;
-/** Keyed by `${id}:${seq}` for batches, `${id}:done` for digests. */
+/** Keyed by `${id}:${seq}`. */
 const waiting = new Map<string, Waiting>();
 
 function readerWorker(): Worker {
   if (worker) return worker;
   const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
-  w.on('message', (m: { id: number; seq?: number; digest?: string; ab?: ArrayBuffer; failure?: FillFailure }) => {
-    const key = m.digest !== undefined ? `${m.id}:done` : `${m.id}:${m.seq}`;
+  w.on('message', (m: { id: number; seq: number; failure?: FillFailure }) => {
+    const key = `${m.id}:${m.seq}`;
     const p = waiting.get(key);
     if (!p) return;
     waiting.delete(key);
-    p.resolve(m);
+    p.resolve(m.failure);
   });
   const fail = (err: unknown): void => {
     if (worker === w) worker = undefined;
@@ -178,11 +152,11 @@ class WorkerReader implements BatchReader {
     if (active++ === 0) this.w.ref();
   }
 
-  private wait(key: string): Promise<{ ab?: ArrayBuffer; failure?: FillFailure; digest?: string }> {
-    return new Promise((resolve, reject) => waiting.set(key, { resolve, reject }));
+  alloc(size: number): ArrayBufferLike {
+    return new SharedArrayBuffer(size);
   }
 
-  fill(ab: ArrayBuffer, used: number, jobs: ReadJob[]): Promise<Filled> {
+  fill(ab: ArrayBufferLike, used: number, jobs: ReadJob[]): Promise<FillFailure | undefined> {
     const seq = this.seq++;
     const paths = new Array<string>(jobs.length);
     const nums = new Float64Array(jobs.length * 3);
@@ -193,33 +167,16 @@ class WorkerReader implements BatchReader {
       nums[3 * i + 1] = j.len;
       nums[3 * i + 2] = j.bufOff;
     }
-    const done = this.wait(`${this.id}:${seq}`);
-    this.w.postMessage({ id: this.id, seq, ab, used, paths, nums }, [ab]);
-    return done.then((m) => ({ ab: m.ab!, failure: m.failure }));
+    const done = new Promise<FillFailure | undefined>((resolve, reject) => waiting.set(`${this.id}:${seq}`, { resolve, reject }));
+    this.w.postMessage({ id: this.id, seq, ab, used, paths, nums });
+    return done;
   }
 
-  private release(): void {
+  close(): void {
     if (this.finished) return;
     this.finished = true;
-    if (--active === 0) this.w.unref();
-  }
-
-  async digest(): Promise<string> {
-    const done = this.wait(`${this.id}:done`);
-    this.w.postMessage({ id: this.id, done: true });
-    try {
-      return `sha256:${(await done).digest!}`;
-    } finally {
-      this.release();
-    }
-  }
-
-  abort(): void {
-    if (this.finished) return;
-    // Messages are handled in order: batches still in the worker are filled first, then dropped with the hash.
     for (const key of waiting.keys()) if (key.startsWith(`${this.id}:`)) waiting.delete(key);
-    this.w.postMessage({ id: this.id, abort: true });
-    this.release();
+    if (--active === 0) this.w.unref();
   }
 }
 
