@@ -13,7 +13,7 @@
  * gives the same bytes and so the same digest.
  */
 import { createHash } from 'node:crypto';
-import { type Stats, lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { type Stats, WriteStream, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname as pathDirname, join as pathJoin } from 'node:path';
 import { Transform, type Writable } from 'node:stream';
@@ -182,12 +182,13 @@ class Differ {
     this.size += bytes.length;
   }
 
-  /** Leaves `n` zero bytes (batches start zeroed). */
+  /** Writes `n` zero bytes (batches are reused, so not zero to begin with). */
   private zeros(n: number): void {
     this.size += n;
     while (n > 0) {
       const b = this.cur;
       const k = Math.min(BATCH - b.used, n);
+      b.buf.fill(0, b.used, b.used + k);
       b.used += k;
       n -= k;
       if (b.used === BATCH) this.seal();
@@ -473,7 +474,6 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   if (!st?.isDirectory()) throw new InvalidArgumentError(`diff source ${q(root)} is not a directory`);
 
   const reader = batchReader();
-  const hashU = new StreamHash();
   const differ = new Differ(root, reader, opts.sourceDateEpoch, target.userxattr ?? false);
   const hashC = new StreamHash();
   const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
@@ -484,6 +484,9 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
     },
   });
   const head: Writable = gzip ?? out;
+  // A file stream is done with a chunk when its write callback runs, so the batch can be reused then;
+  // other writables may keep what they are given.
+  const reuse = !gzip && out instanceof WriteStream;
   const flowing = gzip ? pipeline(gzip, tapC, out) : finished(out);
   // Rejects only: raced against 'drain' so that a failing output does not leave us waiting.
   const failed = new Promise<never>((_, reject) => {
@@ -498,9 +501,13 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
       if ('error' in item) throw item.error;
       const failure = await item.filled;
       if (failure) throw readFailure(item.batch, failure);
-      const chunk = Buffer.from(item.batch.ab, 0, item.batch.used);
-      hashU.update(chunk);
-      if (!head.write(chunk)) {
+      const { ab, used } = item.batch;
+      const ok = reuse
+        ? head.write(Buffer.from(ab, 0, used), (err) => {
+            if (!err) reader.recycle(ab);
+          })
+        : head.write(Buffer.from(ab, 0, used));
+      if (!ok) {
         await Promise.race([new Promise<void>((resolve) => head.once('drain', resolve)), failed]);
       }
     }
@@ -508,14 +515,12 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
     await flowing;
   } catch (err) {
     reader.close();
-    hashU.abort();
     hashC.abort();
     head.destroy(err as Error);
     await flowing.catch(() => {});
     throw err;
   }
-  reader.close();
-  const digest = await hashU.digest();
+  const digest = await reader.digest();
   if (gzip) return { digest, size: differ.size, compressedDigest: await hashC.digest(), compressedSize: hashC.size };
   hashC.abort();
   return { digest, size: differ.size, compressedDigest: digest, compressedSize: differ.size };
