@@ -39,7 +39,7 @@ parentPort.on('message', (m) => {
   if (m.chunk) {
     let h = hashes.get(m.id);
     if (!h) hashes.set(m.id, (h = createHash('sha256')));
-    h.update(new Uint8Array(m.chunk, m.offset || 0, m.length));
+    h.update(new Uint8Array(m.chunk, 0, m.length));
   } else if (m.done) {
     const h = hashes.get(m.id) || createHash('sha256');
     hashes.delete(m.id);
@@ -95,12 +95,6 @@ class RemoteHash {
   }
 
   update(chunk: Uint8Array): void {
-    if (chunk.buffer instanceof SharedArrayBuffer && chunk.length >= BATCH / 4) {
-      // Shared memory (diff's batches): the worker reads it in place, no copy.
-      this.send();
-      this.w.postMessage({ id: this.id, chunk: chunk.buffer, offset: chunk.byteOffset, length: chunk.length });
-      return;
-    }
     let off = 0;
     while (off < chunk.length) {
       const n = Math.min(BATCH - this.used, chunk.length - off);
