@@ -157,17 +157,8 @@ export function upperOf(mounts: readonly Mount[]): string {
   return opt.slice('upperdir='.length);
 }
 
-/** A deterministic pseudo-random generator (mulberry32), so that every run does the same work. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic pseudo-random generator, so that every run does the same work. */
+export { prng as rng } from '../test/helpers/prng.js';
 
 /** A containerd-like chain id for layer `i`. */
 export function layerName(i: number): string {
