@@ -23,7 +23,6 @@ import {
 } from './errors.js';
 import type { Filter, Selector } from './filters.js';
 import type { Kind } from './types.js';
-import { setLabel } from './validate.js';
 
 const debug = createDebug('overlay-snapshotter:store');
 
@@ -334,15 +333,12 @@ export class Store {
 
   // Prepared statements: hot paths (prepare, commit, stat, mounts) use these.
   private readonly sGet: Database.Statement<[string], RawRow>;
-  private readonly sGetRecord: Database.Statement<[string], RawRecord>;
-  private readonly sLabels: Database.Statement<[number], [string, string]>;
   private readonly sParentOf: Database.Statement<[number], [number | null, number]>;
   private readonly sHasChild: Database.Statement<[number], [number]>;
   private readonly sCountChildren: Database.Statement<[number], [number]>;
   private readonly sInsert: Database.Statement<[string, number, number | null, number, number]>;
   private readonly sInsertLabel: Database.Statement<[number, string, string]>;
   private readonly sDeleteLabels: Database.Statement<[number]>;
-  private readonly sDeleteLabel: Database.Statement<[number, string]>;
   private readonly sDelete: Database.Statement<[number]>;
   private readonly sDeleteMark: Database.Statement<[number]>;
   private readonly sCommit: Database.Statement<[string, number, number, number, number, number]>;
@@ -365,17 +361,12 @@ export class Store {
     this.sLabelEquals = db.prepare<[string, string], number>('SELECT snapshot FROM labels WHERE key = ? AND value = ?').pluck();
     this.sLabelPresent = db.prepare<[string], number>('SELECT snapshot FROM labels WHERE key = ?').pluck();
     this.sGet = db.prepare<[string], RawRow>(`SELECT ${ROW_COLUMNS} FROM snapshots s WHERE s.key = ?`).raw();
-    this.sGetRecord = db
-      .prepare<[string], RawRecord>(`SELECT ${ROW_COLUMNS}, p.key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent WHERE s.key = ?`)
-      .raw();
-    this.sLabels = db.prepare<[number], [string, string]>('SELECT key, value FROM labels WHERE snapshot = ?').raw();
     this.sParentOf = db.prepare<[number], [number | null, number]>('SELECT parent, kind FROM snapshots WHERE id = ?').raw();
     this.sHasChild = db.prepare<[number], [number]>('SELECT 1 FROM snapshots WHERE parent = ? LIMIT 1').raw();
     this.sCountChildren = db.prepare<[number], [number]>('SELECT count(*) FROM snapshots WHERE parent = ?').raw();
     this.sInsert = db.prepare('INSERT INTO snapshots (key, kind, parent, created, updated) VALUES (?, ?, ?, ?, ?)');
     this.sInsertLabel = db.prepare('INSERT INTO labels (snapshot, key, value) VALUES (?, ?, ?)');
     this.sDeleteLabels = db.prepare('DELETE FROM labels WHERE snapshot = ?');
-    this.sDeleteLabel = db.prepare('DELETE FROM labels WHERE snapshot = ? AND key = ?');
     this.sDelete = db.prepare('DELETE FROM snapshots WHERE id = ?');
     this.sDeleteMark = db.prepare('DELETE FROM prune_marks WHERE snapshot = ?');
     this.sCommit = db.prepare(
@@ -523,12 +514,6 @@ export class Store {
     return ids;
   }
 
-  private labelsOf(id: number): Record<string, string> {
-    const labels: Record<string, string> = {};
-    for (const [k, v] of this.sLabels.all(id)) setLabel(labels, k, v);
-    return labels;
-  }
-
   private getRow(key: string): Row | undefined {
     const raw = this.sGet.get(key);
     return raw === undefined ? undefined : toRow(raw);
@@ -547,9 +532,8 @@ export class Store {
   }
 
   private recordOf(key: string): Record_ | undefined {
-    const raw = this.sGetRecord.get(key);
-    if (raw === undefined) return undefined;
-    return { ...toRow(raw), parentName: raw[8], labels: this.labelsOf(raw[0]) };
+    const raw = this.sRecord.get(key);
+    return raw === undefined ? undefined : toRecord(raw);
   }
 
   /**
@@ -639,10 +623,7 @@ export class Store {
   }
 
   /** Turns the active `key` (which must still be record `id`) into the committed `name`. Hot: commit. */
-  commit(
-    req: { name: string; key: string; id: number; labels: Readonly<Record<string, string>>; size: number; inodes: number; now: number },
-    beforeCommit?: () => void,
-  ): void {
+  commit(req: { name: string; key: string; id: number; labels: Readonly<Record<string, string>>; size: number; inodes: number; now: number }): void {
     this.write(() => {
       const row = this.commitTarget(req.name, req.key);
       if (row.id !== req.id) {
@@ -652,7 +633,6 @@ export class Store {
       this.sDeleteLabels.run(row.id);
       for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(row.id, k, v);
       if (this.committedParent.size < 1_000_000) this.committedParent.set(row.id, row.parent);
-      beforeCommit?.();
     });
   }
 
