@@ -4,7 +4,7 @@ import createDebug from 'debug';
 import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './errors.js';
-import { fault } from './faults.js';
+import { type FaultPoint, fault } from './faults.js';
 import { parseFilters } from './filters.js';
 import { type PruneOptions, type PruneReport, planPrune, resolvePruneOptions } from './prune.js';
 import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
@@ -542,21 +542,9 @@ export class Snapshotter {
       }
       return claimed;
     });
-    const removeTrash = (name: string): Promise<void> => {
-      debug('removing %s', name);
-      return fse.remove(`${this.snapshotsDir}/${name}`);
-    };
-    if (trash.length > 0) {
-      await removeTrash(trash[0]!);
-      fault('cleanup:mid');
-    }
-    // Deleting is I/O-bound (on ext4 mounted with `discard`, each freed block
-    // waits for its discard): several deletions in flight overlap the waits.
-    let next = 1;
-    await Promise.all(
-      Array.from({ length: Math.min(16, trash.length - 1) }, async () => {
-        while (next < trash.length) await removeTrash(trash[next++]!);
-      }),
+    await deleteTrees(
+      trash.map((name) => `${this.snapshotsDir}/${name}`),
+      'cleanup:mid',
     );
     return report;
   }
@@ -652,18 +640,24 @@ export class Snapshotter {
       const names = new Map(plan.kept.map(({ rec }) => [rec.id, rec.key]));
       for (const r of plan.remove) names.set(r.id, r.key);
       report.marked = plan.mark.map((id) => names.get(id)!).filter((n) => n !== undefined);
-      for (const [i, rec] of plan.remove.entries()) {
+      // Measured just before deletion, so the figures are what the disk gives back.
+      const sizes = new Map<string, number>();
+      for (const rec of plan.remove) {
         const dir = snapshotDir(this.settings, rec.id);
         const usage = diskUsage(dir);
-        if (!o.dryRun) {
-          await fse.remove(dir);
-          if (i === 0) fault('prune:mid');
-        }
+        sizes.set(dir, usage.size);
         report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes });
-        report.reclaimed.bytes += usage.size;
         report.reclaimed.inodes += usage.inodes;
-        o.onProgress?.({ done: i + 1, total: plan.remove.length, bytes: report.reclaimed.bytes });
       }
+      let done = 0;
+      let bytes = 0;
+      const progress = (dir: string) => {
+        bytes += sizes.get(dir)!;
+        o.onProgress?.({ done: ++done, total: plan.remove.length, bytes });
+      };
+      if (o.dryRun) for (const dir of sizes.keys()) progress(dir);
+      else await deleteTrees([...sizes.keys()], 'prune:mid', progress);
+      report.reclaimed.bytes = bytes;
       debug('prune %s: removed %d, kept %d, marked %d', this.root, report.removed.length, report.kept.length, report.marked.length);
       return report;
     } finally {
@@ -723,6 +717,29 @@ function livePruneHolder(value: string | undefined): { pid: number; since: numbe
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Deletes whole trees: the first alone (then the fault point, for crash
+ * tests), the rest several at a time, since deleting is I/O-bound (on ext4
+ * mounted with `discard`, each freed block waits for its discard) and
+ * deletions in flight overlap the waits. `done` runs after each tree.
+ */
+async function deleteTrees(dirs: readonly string[], point: FaultPoint, done?: (dir: string) => void): Promise<void> {
+  const one = async (dir: string) => {
+    debug('removing %s', dir);
+    await fse.remove(dir);
+    done?.(dir);
+  };
+  if (dirs.length === 0) return;
+  await one(dirs[0]!);
+  fault(point);
+  let next = 1;
+  await Promise.all(
+    Array.from({ length: Math.min(16, dirs.length - 1) }, async () => {
+      while (next < dirs.length) await one(dirs[next++]!);
+    }),
+  );
 }
 
 /**
