@@ -8,6 +8,7 @@ import createDebug from 'debug';
 import koffi from 'koffi';
 import type * as Koffi from 'koffi';
 import { v4 as uuidv4 } from 'uuid';
+import { libc } from './libc.js';
 import { mountAll, unmountAll } from './mount/index.js';
 import { FSOPEN_CLOEXEC, close, fsconfigString, fsopen } from './mount/syscalls.js';
 
@@ -57,7 +58,7 @@ let readdirBinding: { opendir: CFunction; readdir: CFunction; closedir: CFunctio
 
 function bindReaddir(): NonNullable<typeof readdirBinding> {
   if (readdirBinding) return readdirBinding;
-  const libc = koffi.load('libc.so.6');
+  const lib = libc();
   const dirent = koffi.struct('overlay_snapshotter_dirent64', {
     d_ino: 'uint64',
     d_off: 'int64',
@@ -67,9 +68,9 @@ function bindReaddir(): NonNullable<typeof readdirBinding> {
   });
   readdirBinding = {
     dirent,
-    opendir: libc.func('void *opendir(const char *name)'),
-    readdir: libc.func('void *readdir64(void *dirp)'),
-    closedir: libc.func('int closedir(void *dirp)'),
+    opendir: lib.func('void *opendir(const char *name)'),
+    readdir: lib.func('void *readdir64(void *dirp)'),
+    closedir: lib.func('int closedir(void *dirp)'),
   };
   return readdirBinding;
 }
@@ -113,7 +114,7 @@ export function supportsUserXattrs(dir: string): boolean {
   const file = `${dir}/xattr-${uuidv4()}`;
   writeFileSync(file, '', { mode: 0o600 });
   try {
-    setxattrBinding ??= koffi.load('libc.so.6').func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
+    setxattrBinding ??= libc().func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
     const ok = setxattrBinding(file, 'user.overlay-snapshotter.probe', Buffer.from('1'), 1, 0) === 0;
     if (!ok) debug('user xattrs unsupported under %s (errno %d)', dir, koffi.errno());
     return ok;
@@ -244,7 +245,7 @@ let rawSyscall: ((...args: any[]) => number | bigint) | undefined;
  * namespace of our own: not probed (see docs/capabilities.md).
  */
 export function probeIdmappedMounts(): boolean | null {
-  rawSyscall ??= koffi.load('libc.so.6').func('long syscall(long number, ...)');
+  rawSyscall ??= libc().func('long syscall(long number, ...)');
   const attr = Buffer.alloc(MOUNT_ATTR_SIZE);
   attr.writeBigUInt64LE(BigInt(MOUNT_ATTR_IDMAP), 0);
   attr.writeBigUInt64LE(BigInt(2 ** 31 - 1), 24);

@@ -23,6 +23,7 @@ import {
 } from './errors.js';
 import type { Filter, Selector } from './filters.js';
 import type { Kind } from './types.js';
+import { libc as loadLibc } from './libc.js';
 
 const debug = createDebug('overlay-snapshotter:store');
 
@@ -218,7 +219,7 @@ class WalHeader {
   static map(file: string): WalHeader | undefined {
     try {
       libc ??= (() => {
-        const lib = koffi.load('libc.so.6');
+        const lib = loadLibc();
         return {
           mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as Libc['mmap'],
           munmap: lib.func('int munmap(void *addr, size_t length)') as Libc['munmap'],

@@ -7,21 +7,16 @@
  * thousands of files). Since Linux 5.8 syncfs also reports writeback errors.
  */
 import { closeSync, openSync } from 'node:fs';
-import { getSystemErrorName } from 'node:util';
-import koffi from 'koffi';
+import { libc, syscallError } from './libc.js';
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 let syncfs: ((fd: number) => number) | undefined;
 
 /** Flushes the filesystem holding `dir` to disk; throws a Node-style error on failure. */
 export function syncFilesystem(dir: string): void {
-  syncfs ??= koffi.load('libc.so.6').func('int syncfs(int fd)') as (fd: number) => number;
+  syncfs ??= libc().func('int syncfs(int fd)') as (fd: number) => number;
   const fd = openSync(dir, 'r');
   try {
-    if (syncfs(fd) !== 0) {
-      const errno = koffi.errno();
-      throw Object.assign(new Error(`${getSystemErrorName(-errno)}: syncfs failed for ${dir}`), { code: getSystemErrorName(-errno), errno: -errno, syscall: 'syncfs', path: dir });
-    }
+    if (syncfs(fd) !== 0) throw syscallError('syncfs', `syncfs ${JSON.stringify(dir)}`, dir);
   } finally {
     closeSync(fd);
   }

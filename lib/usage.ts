@@ -13,9 +13,9 @@
  * unavailable the Node walk is used.
  */
 import { lstatSync, readdirSync } from 'node:fs';
-import { getSystemErrorName } from 'node:util';
 import { MessageChannel, type MessagePort, Worker, isMainThread, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import koffi from 'koffi';
+import { libc as loadLibc, syscallError } from './libc.js';
 import type { Usage } from './types.js';
 
 /**
@@ -39,7 +39,7 @@ let sys: Sys | null | undefined;
 function bindings(): Sys | null {
   if (sys !== undefined) return sys;
   try {
-    const libc = koffi.load('libc.so.6');
+    const libc = loadLibc();
     sys = {
       openat: libc.func('int openat(int dirfd, const uint8_t *path, int flags, int mode)') as Sys['openat'],
       close: libc.func('int close(int fd)') as Sys['close'],
@@ -68,9 +68,7 @@ const ENOTDIR = 20;
 const TWO32 = 4294967296;
 
 function sysError(syscall: string, path: string): Error {
-  const errno = koffi.errno();
-  const code = getSystemErrorName(-errno);
-  return Object.assign(new Error(`${code}: ${syscall} failed for ${path}`), { code, errno: -errno, syscall, path });
+  return syscallError(syscall, `${syscall} failed for ${path}`, path);
 }
 
 /** Paths are kept as latin1 strings (one char per byte), so that names that are not UTF-8 survive. */

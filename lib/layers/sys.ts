@@ -7,8 +7,7 @@
  * Errors are thrown as Node-style errors (`code`, `errno`, `syscall`,
  * `path`) so callers can test `err.code === 'ENOENT'` as with `fs`.
  */
-import { constants as osConstants } from 'node:os';
-import koffi from 'koffi';
+import { libc as loadLibc, syscallError } from '../libc.js';
 
 type Fn = (...args: unknown[]) => unknown;
 
@@ -26,7 +25,7 @@ let libc: Libc | undefined;
 
 function load(): Libc {
   if (libc) return libc;
-  const lib = koffi.load('libc.so.6');
+  const lib = loadLibc();
   libc = {
     // glibc >= 2.33 exports mknod itself (older ones only __xmknod); dev_t is 64-bit.
     mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
@@ -40,18 +39,9 @@ function load(): Libc {
   return libc;
 }
 
-const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
-
 /** A Node-like system error for the errno left by the last koffi call. */
 function sysError(syscall: string, path: string): NodeJS.ErrnoException {
-  const errno = koffi.errno();
-  const code = errnoNames.get(errno) ?? `E${errno}`;
-  const err: NodeJS.ErrnoException = new Error(`${code}: ${syscall} ${JSON.stringify(path)}`);
-  err.code = code;
-  err.errno = -errno;
-  err.syscall = syscall;
-  err.path = path;
-  return err;
+  return syscallError(syscall, `${syscall} ${JSON.stringify(path)}`, path);
 }
 
 const S_IFCHR = 0o020000;

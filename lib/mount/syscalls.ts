@@ -11,18 +11,11 @@
  * `parseMountOptions`, say) costs nothing.
  */
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { getSystemErrorMap } from 'node:util';
 import koffi from 'koffi';
 import { q } from '../errors.js';
+import { libc as loadLibc, syscallError } from '../libc.js';
 
-/** A failed syscall, shaped like the errors of `node:fs`. */
-export interface SyscallError extends Error {
-  code: string;
-  errno: number;
-  syscall: string;
-  path?: string;
-}
+export type { SyscallError } from '../libc.js';
 
 /** `fsconfig(2)` commands (include/uapi/linux/mount.h). */
 export const FSCONFIG_SET_FLAG = 0;
@@ -79,7 +72,7 @@ let bindings: Bindings | undefined;
 
 function libc(): Bindings {
   if (bindings) return bindings;
-  const lib = koffi.load('libc.so.6');
+  const lib = loadLibc();
   // glibc's struct statfs on LP64 and ILP32 alike: `long` words and block counts.
   const StatFs = koffi.struct({
     f_type: 'long',
@@ -136,30 +129,10 @@ function libc(): Bindings {
   return bindings;
 }
 
-const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
-
-/**
- * A Node-style error for a failed syscall: `code` is the errno name,
- * `errno` is negative as in `node:fs`, and the message reads
- * `EBUSY: resource busy or locked, <what>`.
- */
-export function syscallError(syscall: string, errno: number, what: string, path?: string): SyscallError {
-  const known = getSystemErrorMap().get(-errno);
-  const code = known?.[0] ?? errnoNames.get(errno) ?? `E${errno}`;
-  const description = known?.[1] ?? 'unknown error';
-  const err = new Error(`${code}: ${description}, ${what}`) as SyscallError;
-  err.code = code;
-  err.errno = -errno;
-  err.syscall = syscall;
-  if (path !== undefined) err.path = path;
-  Error.captureStackTrace(err, syscallError);
-  return err;
-}
-
 /** Reads errno right after a call; koffi keeps it for the calling thread. */
 function check(result: number | bigint, syscall: string, what: () => string, path?: string): number {
   const value = Number(result);
-  if (value < 0) throw syscallError(syscall, koffi.errno(), what(), path);
+  if (value < 0) throw syscallError(syscall, what(), path);
   return value;
 }
 
