@@ -13,7 +13,7 @@
  * gives the same bytes and so the same digest.
  */
 import { createHash } from 'node:crypto';
-import { type Stats, WriteStream, lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { WriteStream, lstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname as pathDirname, join as pathJoin } from 'node:path';
 import { Transform, type Writable } from 'node:stream';
@@ -25,8 +25,9 @@ import type { LayerDigest, LayerTarget } from './apply.js';
 import { StreamHash } from './hash.js';
 import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
-import { OPAQUE_MARKER, WHITEOUT_PREFIX, abs, joinRel } from './paths.js';
-import { lgetxattr, llistxattr, splitdev } from './sys.js';
+import { OPAQUE_MARKER, abs, joinRel } from './paths.js';
+import { splitdev } from './sys.js';
+import { KIND, NUMS, type Walk, type WalkChunk, walk, walkError } from './walk.js';
 
 /** Options of {@link diffLayer}. */
 export interface DiffOptions {
@@ -49,7 +50,6 @@ export interface DiffResult extends LayerDigest {
   compressedSize: number;
 }
 
-const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
 /** tar-stream encodes mtimes through a 32-bit `| 0`, and ids in 7 octal digits: past these, PAX records carry the value. */
 const MAX_HEADER_TIME = 0x7fffffff;
 const MAX_HEADER_ID = 0o7777777;
@@ -125,15 +125,17 @@ interface Batch {
 type Item = { batch: Batch; filled: Promise<FillFailure | undefined> } | { error: unknown };
 
 /**
- * Walks the tree depth first with an explicit stack, one entry per
- * {@link step}, and lays the tar out into batches that go to the reader as
- * soon as they are full; {@link diffLayer} takes them back in order.
+ * Lays the tar out into batches, entry by entry in the order the walk (see
+ * walk.ts) gives them; batches go to the reader as soon as they are full,
+ * and {@link diffLayer} takes them back in order.
  */
 class Differ {
-  private readonly links = new Map<string, string>();
-  private readonly opaqueXattr: string;
-  private readonly stack: Array<{ dirRel: string; dirPath: string; items: Array<[string, Stats, boolean]>; i: number }> = [];
   private cur: Batch;
+  /** The chunk of walk entries being laid out, and the next entry in it. */
+  private chunk: WalkChunk | undefined;
+  private next = 0;
+  private nextLink = 0;
+  private nextXattrs = 0;
   /** Sealed batches (and a walk error, in its place), in output order. */
   readonly queue: Item[] = [];
   done = false;
@@ -142,18 +144,11 @@ class Differ {
 
   constructor(
     private readonly root: string,
+    private readonly walk: Walk,
     private readonly reader: BatchReader,
     private readonly epoch: number | undefined,
-    userxattr: boolean,
   ) {
-    this.opaqueXattr = userxattr ? 'user.overlay.opaque' : 'trusted.overlay.opaque';
     this.cur = this.newBatch();
-    try {
-      this.pushDir('');
-    } catch (err) {
-      this.queue.push({ error: err });
-      this.done = true;
-    }
   }
 
   private newBatch(): Batch {
@@ -260,36 +255,10 @@ class Differ {
   }
 
   /** Whole seconds, clamped to the epoch option; negative times become 0. */
-  private mtime(st: Stats): Date {
-    const s = Math.floor(st.mtimeMs / 1000);
+  private mtime(mtimeMs: number): Date {
+    const s = Math.floor(mtimeMs / 1000);
     const clamped = this.epoch !== undefined && s > this.epoch ? this.epoch : s;
     return new Date(Math.max(0, clamped) * 1000);
-  }
-
-  /** xattrs of a path, sorted, without overlayfs' own; refuses upper dirs overlay can't diff. */
-  private xattrs(path: string, rel: string): { list: Array<[string, Buffer]>; opaque: boolean } {
-    const list: Array<[string, Buffer]> = [];
-    let opaque = false;
-    const names = llistxattr(path);
-    if (names.length === 0) return { list, opaque };
-    for (const name of names.sort()) {
-      if (OVERLAY_XATTR.test(name)) {
-        const kind = name.slice(name.indexOf('.overlay.') + 9);
-        if (kind === 'redirect' || kind === 'metacopy') {
-          throw new FailedPreconditionError(
-            `cannot diff ${q(rel)}: it carries overlayfs ${kind} metadata (mounted with redirect_dir or metacopy), so the upper alone does not hold its content`,
-          );
-        }
-        if (name === this.opaqueXattr) {
-          const v = lgetxattr(path, name);
-          opaque = v !== undefined && v.length === 1 && v[0] === 0x79;
-        }
-        continue;
-      }
-      const value = lgetxattr(path, name);
-      if (value !== undefined) list.push([name, value]);
-    }
-    return { list, opaque };
   }
 
   /** Writes one entry's header(s); binary xattr values go in a PAX header we build (see pax.ts). */
@@ -338,40 +307,35 @@ class Differ {
     this.encode(header);
   }
 
-  /** Reads and lstats a directory's children: whiteouts first (as markers), then the rest, each sorted. */
-  private pushDir(dirRel: string): void {
-    const dirPath = abs(this.root, dirRel);
-    const names = readdirSync(dirPath).sort();
-    const whiteouts: Array<[string, Stats, boolean]> = [];
-    const others: Array<[string, Stats, boolean]> = [];
-    for (const name of names) {
-      const st = lstatSync(`${dirPath}/${name}`);
-      if (st.isCharacterDevice() && st.rdev === 0) whiteouts.push([name, st, true]);
-      else others.push([name, st, false]);
-    }
-    this.stack.push({ dirRel, dirPath, items: whiteouts.length > 0 ? whiteouts.concat(others) : others, i: 0 });
-  }
-
-  /** Lays out the next entry of the walk; sets {@link done} at the end. A failure takes its place in the queue. */
-  step(): void {
+  /**
+   * Lays out entries until {@link IN_FLIGHT} batches are queued or the walk
+   * has ended (then sets {@link done}); waits for the walk only when no batch
+   * is queued, so that the caller can write those meanwhile. A failure takes
+   * its place in the queue.
+   */
+  async fill(): Promise<void> {
     try {
-      const top = this.stack[this.stack.length - 1];
-      if (!top) {
-        this.finish();
-        this.done = true;
-        return;
+      while (!this.done && this.queue.length < IN_FLIGHT) {
+        let chunk = this.chunk;
+        if (!chunk || this.next === chunk.n) {
+          if (chunk?.failure) throw walkError(chunk.failure);
+          if (chunk?.done) {
+            this.finish();
+            this.done = true;
+            return;
+          }
+          chunk = this.walk.take();
+          if (!chunk) {
+            if (this.queue.length > 0) return;
+            await this.walk.wait();
+            continue;
+          }
+          this.chunk = chunk;
+          this.next = this.nextLink = this.nextXattrs = 0;
+          continue;
+        }
+        this.entry(chunk, this.next++);
       }
-      const item = top.items[top.i++];
-      if (!item) {
-        this.stack.pop();
-        return;
-      }
-      const [name, st, whiteout] = item;
-      if (whiteout) {
-        this.encode({ name: joinRel(top.dirRel, WHITEOUT_PREFIX + name), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
-        return;
-      }
-      this.entry(joinRel(top.dirRel, name), `${top.dirPath}/${name}`, st);
     } catch (err) {
       this.seal();
       this.queue.push({ error: err });
@@ -379,59 +343,76 @@ class Differ {
     }
   }
 
-  private entry(rel: string, path: string, st: Stats): void {
-    const { list, opaque } = this.xattrs(path, rel);
-    const header = { name: rel, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: this.mtime(st) } as Header & { linkname?: string };
-    if (st.isDirectory()) {
-      header.type = 'directory';
-      // tar-stream does not add the conventional trailing slash to directory names itself.
-      header.name = `${rel}/`;
-      this.add(header, list);
-      if (opaque) {
-        this.encode({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
-      }
-      this.pushDir(rel);
+  /** Lays out entry `i` of `chunk` (hot: once per file of the tree). */
+  private entry(chunk: WalkChunk, i: number): void {
+    const kind = chunk.kinds[i]!;
+    const rel = chunk.rels[i]!;
+    if (kind === KIND.whiteout) {
+      this.encode({ name: rel, type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
       return;
     }
-    if (st.nlink > 1) {
-      const key = `${st.dev}:${st.ino}`;
-      const first = this.links.get(key);
-      if (first !== undefined) {
+    const k = i * NUMS;
+    const nums = chunk.nums;
+    const mode = nums[k]!;
+    const header = { name: rel, mode: mode & 0o7777, uid: nums[k + 1]!, gid: nums[k + 2]!, mtime: this.mtime(nums[k + 3]!) } as Header & {
+      linkname?: string;
+    };
+    let link: string | undefined;
+    const links = chunk.links[this.nextLink];
+    if (links !== undefined && links[0] === i) {
+      link = links[1];
+      this.nextLink++;
+    }
+    let list: Array<[string, Buffer]> = [];
+    const xattrs = chunk.xattrs[this.nextXattrs];
+    if (xattrs !== undefined && xattrs[0] === i) {
+      list = xattrs[1].map(([name, v]) => [name, Buffer.from(v.buffer, v.byteOffset, v.byteLength)]);
+      this.nextXattrs++;
+    }
+    switch (kind) {
+      case KIND.directory:
+      case KIND.opaqueDirectory:
+        header.type = 'directory';
+        // tar-stream does not add the conventional trailing slash to directory names itself.
+        header.name = `${rel}/`;
+        this.add(header, list);
+        if (kind === KIND.opaqueDirectory) {
+          this.encode({ name: joinRel(rel, OPAQUE_MARKER), type: 'file', size: 0, mode: 0, uid: 0, gid: 0, mtime: MARKER_TIME } as Header);
+        }
+        return;
+      case KIND.hardlink:
         header.type = 'link';
-        header.linkname = first;
+        header.linkname = link ?? '';
         header.size = 0;
         this.add(header, []);
         return;
+      case KIND.file: {
+        const size = nums[k + 4]!;
+        header.type = 'file';
+        header.size = size;
+        this.add(header, list);
+        this.body(abs(this.root, rel), rel, size);
+        return;
       }
-      this.links.set(key, rel);
+      case KIND.symlink:
+        header.type = 'symlink';
+        header.linkname = link ?? '';
+        this.add(header, list);
+        return;
+      case KIND.characterDevice:
+      case KIND.blockDevice: {
+        header.type = kind === KIND.characterDevice ? 'character-device' : 'block-device';
+        const { major, minor } = splitdev(nums[k + 5]!);
+        header.devmajor = major;
+        header.devminor = minor;
+        this.add(header, list);
+        return;
+      }
+      case KIND.fifo:
+        header.type = 'fifo';
+        this.add(header, list);
+        return;
     }
-    if (st.isFile()) {
-      header.type = 'file';
-      header.size = st.size;
-      this.add(header, list);
-      this.body(path, rel, st.size);
-      return;
-    }
-    if (st.isSymbolicLink()) {
-      header.type = 'symlink';
-      header.linkname = readlinkSync(path);
-      this.add(header, list);
-      return;
-    }
-    if (st.isCharacterDevice() || st.isBlockDevice()) {
-      header.type = st.isCharacterDevice() ? 'character-device' : 'block-device';
-      const { major, minor } = splitdev(st.rdev);
-      header.devmajor = major;
-      header.devminor = minor;
-      this.add(header, list);
-      return;
-    }
-    if (st.isFIFO()) {
-      header.type = 'fifo';
-      this.add(header, list);
-      return;
-    }
-    // Sockets are not part of a filesystem image (tar skips them too).
   }
 }
 
@@ -473,8 +454,9 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   const st = lstatSync(root, { throwIfNoEntry: false });
   if (!st?.isDirectory()) throw new InvalidArgumentError(`diff source ${q(root)} is not a directory`);
 
+  const walker = walk(root, target.userxattr ? 'user.overlay.opaque' : 'trusted.overlay.opaque');
   const reader = batchReader();
-  const differ = new Differ(root, reader, opts.sourceDateEpoch, target.userxattr ?? false);
+  const differ = new Differ(root, walker, reader, opts.sourceDateEpoch);
   const hashC = new StreamHash();
   const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
   const tapC = new Transform({
@@ -495,7 +477,7 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   failed.catch(() => {});
   try {
     for (;;) {
-      while (!differ.done && differ.queue.length < IN_FLIGHT) differ.step();
+      await differ.fill();
       const item = differ.queue.shift();
       if (!item) break;
       if ('error' in item) throw item.error;
@@ -514,6 +496,7 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
     head.end();
     await flowing;
   } catch (err) {
+    walker.close();
     reader.close();
     hashC.abort();
     head.destroy(err as Error);

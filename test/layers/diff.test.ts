@@ -195,6 +195,61 @@ describe('diffLayer', mountTestOptions(), () => {
       }
     }));
 
+  test('the walk lays out the same tar in the worker as inline: xattrs, whiteouts, opaque dirs, links, devices, a few chunks of entries', () =>
+    withDirs(async (top) => {
+      const dir = join(top, 'tree');
+      const many = Array.from({ length: 700 }, (_, i) => ({ path: `many/f${i}`, type: 'file' as const, content: 'x'.repeat(i % 600) }));
+      buildTree(dir, [
+        { path: 'a', type: 'dir', xattrs: { 'user.note': 'dir', 'trusted.overlay.opaque': 'y' } },
+        { path: 'a/bin', type: 'file', content: 'elf', xattrs: { 'trusted.blob': Buffer.from([1, 0, 0, 2, 0xff, 0, 0, 0]), 'user.b': 'text' } },
+        { path: 'a/hard', type: 'hardlink', target: 'a/bin' },
+        { path: 'a/ln', type: 'symlink', target: '../many/f1' },
+        { path: 'a/null', type: 'char', major: 1, minor: 3 },
+        { path: 'a/.wh.gone', type: 'char', major: 0, minor: 0 },
+        { path: 'a/pipe', type: 'fifo' },
+        { path: 'many', type: 'dir' },
+        ...many,
+      ]);
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
+        const viaWorker = await diffToBuffer(dir, []);
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
+        const inline = await diffToBuffer(dir, []);
+        assert.deepEqual(viaWorker.bytes, inline.bytes);
+        assert.equal(viaWorker.res.digest, sha256(inline.bytes));
+        const listed = execFileSync('tar', ['-tf', '-'], { input: inline.bytes }).toString().trim().split('\n');
+        assert.deepEqual(listed.slice(0, 9), ['a/', 'a/.wh..wh..opq', 'a/.wh..wh.gone', 'a/bin', 'a/hard', 'a/ln', 'a/null', 'a/pipe', 'many/']);
+        assert.equal(listed.length, 9 + many.length);
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
+  test('an upper carrying overlay redirect metadata is refused with ERR_FAILED_PRECONDITION, in the worker and inline', () =>
+    withDirs(async (top) => {
+      const dir = join(top, 'tree');
+      buildTree(dir, [
+        { path: 'ok', type: 'file', content: 'fine' },
+        { path: 'moved', type: 'dir', xattrs: { 'trusted.overlay.redirect': '/elsewhere' } },
+      ]);
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        for (const mode of ['1', '0']) {
+          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
+          await assert.rejects(diffLayer({ upper: dir, lowers: [] }, collector().stream), (err: Error & { code?: string }) => {
+            assert.equal(err.code, 'ERR_FAILED_PRECONDITION');
+            assert.match(err.message, /cannot diff "moved": it carries overlayfs redirect metadata/);
+            return true;
+          });
+        }
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
   test('bad options and a missing source are InvalidArgumentError', () =>
     withDirs(async (top) => {
       const out = collector();
