@@ -1,0 +1,95 @@
+/**
+ * The mount half of W8 on its own: `mountAll` + `unmountAll` of a
+ * read-write overlay on a chain of lower layers, with a fresh, empty upper
+ * and work dir every cycle (as `prepare` makes them), through each overlay
+ * strategy. No snapshotter, so the figures are those of lib/mount alone.
+ *
+ *   npx tsx bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto]
+ *
+ * Needs root. Strategies are interleaved cycle by cycle, so that all see
+ * the same machine noise; figures are medians over the cycles, after 5
+ * warm-up cycles. Making the upper and work dirs is not timed; nothing is
+ * deleted until the end, as ext4 without a journal makes inode allocation
+ * slow near recently freed inodes (see bench/common.ts, freshRoot), which
+ * would land in the mount (overlayfs makes its work dirs at mount time).
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { mountAll, unmountAll } from '../lib/mount/index.js';
+import type { Mount } from '../lib/types.js';
+
+type Strategy = 'mount-api' | 'legacy' | 'auto';
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+async function main(argv: string[]): Promise<void> {
+  let cycles = 300;
+  let layers = 20;
+  let strategies: Strategy[] = ['auto', 'mount-api', 'legacy'];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--cycles') cycles = Number(argv[++i]);
+    else if (arg === '--layers') layers = Number(argv[++i]);
+    else if (arg === '--only') strategies = [argv[++i] as Strategy];
+    else throw new Error(`unknown argument ${arg}; usage: bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto]`);
+  }
+  if (process.getuid?.() !== 0) throw new Error('bench/mount-steps.ts mounts for real: run it as root');
+  const top = fs.realpathSync(fs.mkdtempSync(join(tmpdir(), 'ovl-mount-steps-')));
+  try {
+    execFileSync('chattr', ['+T', top], { stdio: 'ignore' });
+  } catch {
+    // Not ext4: the allocator hint does not apply.
+  }
+  const snap = (id: number) => join(top, 'snapshots', String(id));
+  const target = join(top, 'rootfs');
+  try {
+    fs.mkdirSync(target, { recursive: true });
+    for (let i = 1; i <= layers; i++) {
+      fs.mkdirSync(join(snap(i), 'fs'), { recursive: true });
+      fs.writeFileSync(join(snap(i), 'fs', `file-${i}`), `layer ${i}\n`);
+    }
+    const lowerdir = `lowerdir=${Array.from({ length: layers }, (_, k) => join(snap(layers - k), 'fs')).join(':')}`;
+    const times = new Map(strategies.map((s) => [s, { mount: [] as number[], unmount: [] as number[] }]));
+    let id = layers;
+    for (let cycle = -5; cycle < cycles; cycle++) {
+      for (const strategy of strategies) {
+        const dir = snap(++id);
+        fs.mkdirSync(join(dir, 'fs'), { recursive: true });
+        fs.mkdirSync(join(dir, 'work'));
+        const mounts: Mount[] = [{ type: 'overlay', source: 'overlay', options: [`workdir=${dir}/work`, `upperdir=${dir}/fs`, lowerdir, 'index=off'] }];
+        const t0 = performance.now();
+        await mountAll(mounts, target, { strategy });
+        const t1 = performance.now();
+        await unmountAll(target);
+        const t2 = performance.now();
+        if (cycle < 0) continue;
+        times.get(strategy)!.mount.push(t1 - t0);
+        times.get(strategy)!.unmount.push(t2 - t1);
+      }
+    }
+    process.stdout.write(`${layers} lower layers, fresh upper/work, median of ${cycles} cycles (kernel ${release()}, node ${process.version})\n`);
+    for (const [strategy, t] of times) {
+      process.stdout.write(`  ${strategy.padEnd(9)}  mount ${median(t.mount).toFixed(3)} ms  unmount ${median(t.unmount).toFixed(3)} ms\n`);
+    }
+  } finally {
+    const mounted = fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .filter((p) => p === target);
+    for (const _ of mounted) await unmountAll(target);
+    fs.rmSync(top, { recursive: true, force: true });
+  }
+}
+
+main(process.argv.slice(2)).catch((err: Error) => {
+  process.stderr.write(`${err.stack ?? err.message}\n`);
+  process.exitCode = 1;
+});
