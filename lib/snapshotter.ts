@@ -1,10 +1,10 @@
-import { chmodSync, existsSync, lchownSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import createDebug from 'debug';
 import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './errors.js';
-import { type FaultPoint, fault } from './faults.js';
+import { fault } from './faults.js';
 import { parseFilters } from './filters.js';
 import { type PruneOptions, type PruneReport, planPrune, resolvePruneOptions } from './prune.js';
 import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './idmap.js';
@@ -12,7 +12,10 @@ import { unmountAll } from './mount/index.js';
 import { snapshotMounts } from './mountinfo.js';
 import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './options.js';
 import { type Capabilities, probeCapabilities } from './capabilities.js';
+import { isAlive, selfTag } from './liveness.js';
 import { copyTree } from './native.js';
+import { STAGING_PREFIX, StagingPool, livePoolDirs } from './staging.js';
+import { TRASH_PREFIX, Trash, deleteTrees } from './trash.js';
 import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './specs.js';
 import { type Record_, Store } from './store.js';
 import { syncFilesystem } from './sync.js';
@@ -25,10 +28,6 @@ const debug = createDebug('overlay-snapshotter:snapshotter');
 /** Label that `upperdirLabel` adds to actives and views. */
 export const UPPERDIR_LABEL = 'containerd.io/snapshot/overlay.upperdir';
 
-/** Prefix of staging dirs under `<root>/snapshots`; they never count as snapshots. */
-const STAGING_PREFIX = 'new-';
-/** Prefix of dirs that cleanup has claimed for deletion. */
-const TRASH_PREFIX = 'rm-';
 const DECIMAL_ID = /^[1-9][0-9]*$/;
 
 /** What `cleanup()` did: entries of `snapshots/` deleted, and those kept because they are mounted. */
@@ -109,6 +108,8 @@ export class Snapshotter {
   private readonly snapshotsDir: string;
   /** Whether mkdir's mode survives the umask, so that `fs` needs no explicit chmod (hot path). */
   private readonly umaskClean: boolean;
+  /** Staging dirs for actives, made ahead (lib/staging.ts). */
+  private readonly pool: StagingPool;
   private closed = false;
   /**
    * What the kernel and the root's filesystem can do, probed at the first
@@ -124,6 +125,7 @@ export class Snapshotter {
     this.settings = settings;
     this.snapshotsDir = settings.snapshotsDir;
     this.umaskClean = umaskClean;
+    this.pool = new StagingPool(settings.snapshotsDir, umaskClean);
     this.capabilities = capabilities;
   }
 
@@ -166,6 +168,7 @@ export class Snapshotter {
       };
       const umask = process.umask();
       const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0, capabilities);
+      await store.durable();
       // Recovery, as container managers do at start: leftovers of crashed
       // creations (staging dirs, ids never recorded) and of interrupted
       // cleanups go now; removed snapshots' dirs stay for cleanup().
@@ -243,6 +246,7 @@ export class Snapshotter {
       },
       Date.now(),
     );
+    await this.store.durable();
     return this.toInfo(rec);
   }
 
@@ -308,9 +312,11 @@ export class Snapshotter {
     return this.create('view', key, parent, opts);
   }
 
-  private create(kind: 'active' | 'view', key: string, parent: string | undefined, opts: SnapshotOptions | undefined): Mount[] | Promise<Mount[]> {
-    // Hot path: one transaction; the directory work inside it is three
-    // mkdirs and a rename (plus a chown where the parent asks for one).
+  private async create(kind: 'active' | 'view', key: string, parent: string | undefined, opts: SnapshotOptions | undefined): Promise<Mount[]> {
+    // Hot path: one transaction holding a rename (plus a chown where the
+    // parent asks for one); the staging dir comes ready from the pool
+    // (lib/staging.ts), else three mkdirs inside the transaction. The WAL
+    // sync runs on the thread pool while the pool makes the next dir.
     this.ensureOpen();
     checkKey(key, 'key');
     const parentKey = checkParent(parent);
@@ -323,48 +329,75 @@ export class Snapshotter {
       lateError = err as Error;
     }
     let staging: string | undefined;
+    let fromPool = false;
     let target: string | undefined;
+    let created: { id: number; chain: number[] };
+    const stage = (chain: number[]): string => {
+      const dir = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
+      staging = dir;
+      mkdirSync(dir, 0o700);
+      const fs = `${dir}/fs`;
+      if (this.settings.driver === 'native' && kind === 'active' && chain.length > 0) {
+        // Native driver: the parent's whole tree, copied under the write lock (lib/native.ts).
+        copyTree(fsDir(this.settings, chain[0]!), fs);
+      } else {
+        mkdirSync(fs, 0o755);
+        if (!this.umaskClean) chmodSync(fs, 0o755);
+      }
+      if (kind === 'active') mkdirSync(`${dir}/work`, 0o711);
+      return dir;
+    };
+    const own = (chain: number[], dir: string): void => {
+      const fs = `${dir}/fs`;
+      if (owner !== undefined) {
+        lchownSync(fs, owner.uid, owner.gid);
+      } else if (chain.length > 0) {
+        const st = this.statParentFs(chain[0]!, parentKey);
+        if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
+      }
+    };
     try {
-      const { id, chain } = this.store.create(
+      created = this.store.create(
         { key, kind, parent: parentKey, labels, now: Date.now(), lateError },
         {
           stage: (chain) => {
-            staging = `${this.snapshotsDir}/${STAGING_PREFIX}${uuidv4()}`;
-            mkdirSync(staging, 0o700);
-            const fs = `${staging}/fs`;
-            if (this.settings.driver === 'native' && kind === 'active' && chain.length > 0) {
-              // Native driver: the parent's whole tree, copied under the write lock (lib/native.ts).
-              copyTree(fsDir(this.settings, chain[0]!), fs);
+            // Taken only once the checks passed, so that failed calls leave the pool as it was.
+            const pooled = kind === 'active' && this.settings.driver === 'overlay' ? this.pool.take() : undefined;
+            if (pooled !== undefined) {
+              staging = pooled;
+              fromPool = true;
             } else {
-              mkdirSync(fs, 0o755);
-              if (!this.umaskClean) chmodSync(fs, 0o755);
+              stage(chain);
             }
-            if (kind === 'active') mkdirSync(`${staging}/work`, 0o711);
-            if (owner !== undefined) {
-              lchownSync(fs, owner.uid, owner.gid);
-            } else if (chain.length > 0) {
-              const st = this.statParentFs(chain[0]!, parentKey);
-              if (st.uid !== process.geteuid?.() || st.gid !== process.getegid?.()) lchownSync(fs, st.uid, st.gid);
-            }
+            own(chain, staging!);
             fault('create:after-staging');
           },
-          place: (id) => {
+          place: (id, chain) => {
             fault('create:after-record');
-            this.moveIntoPlace(staging!, snapshotDir(this.settings, id));
-            target = snapshotDir(this.settings, id);
+            const dir = snapshotDir(this.settings, id);
+            try {
+              this.moveIntoPlace(staging!, dir);
+            } catch (err) {
+              // A pool dir deleted behind our back (by hand, or by an older
+              // version's cleanup): stage afresh.
+              if (errnoOf(err) !== 'ENOENT' || !fromPool) throw err;
+              own(chain, stage(chain));
+              this.moveIntoPlace(staging!, dir);
+            }
+            target = dir;
             staging = undefined;
             fault('create:after-rename');
           },
         },
       );
-      target = undefined;
-      const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
-      return buildMounts(this.settings, kind, id, chain, idmap);
     } catch (err) {
       // Nothing was recorded: remove whatever the failed attempt left on disk.
       for (const dir of [staging, target]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       throw err;
     }
+    await this.store.durable();
+    const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
+    return buildMounts(this.settings, kind, created.id, created.chain, idmap);
   }
 
   private statParentFs(id: number, parent: string): { uid: number; gid: number } {
@@ -429,6 +462,7 @@ export class Snapshotter {
     fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
     fault('commit:after-transaction');
+    await this.store.durable();
   }
 
   private missingDir(key: string, path: string): UnavailableError {
@@ -462,17 +496,23 @@ export class Snapshotter {
       }
     });
     fault('remove:after-record');
-    if (this.options.asyncRemove) return;
-    const dir = snapshotDir(this.settings, row.id);
-    try {
-      // Hot path: what nothing was written to is a few empty dirs, deleted by rmdir(2) alone.
-      if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
-      fault('remove:mid-delete');
-      if (!removeIfEmpty(dir, ['fs'])) await fse.remove(dir);
-    } catch (err) {
-      // The record is gone, so the dir is an orphan that cleanup() removes.
-      debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
+    // semantics.md deletes the dir once the transaction has committed, not
+    // once it is synced: the deletion runs while the WAL sync does.
+    const durable = this.store.durable();
+    durable.catch(() => {}); // awaited below
+    if (!this.options.asyncRemove) {
+      const dir = snapshotDir(this.settings, row.id);
+      try {
+        // Hot path: what nothing was written to is a few empty dirs, deleted by rmdir(2) alone.
+        if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
+        fault('remove:mid-delete');
+        if (!removeIfEmpty(dir, ['fs'])) await fse.remove(dir);
+      } catch (err) {
+        // The record is gone, so the dir is an orphan that cleanup() removes.
+        debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
+      }
     }
+    await durable;
   }
 
   /**
@@ -509,12 +549,15 @@ export class Snapshotter {
     const trash = this.store.withLiveIds((live, lastAllocated) => {
       let users: Map<number, string[]> | undefined;
       const pruning = new Set(livePruneHolder(this.store.getMeta(PRUNE_LOCK))?.ids ?? []);
-      const claimed: string[] = [];
+      const pooled = livePoolDirs();
+      const earlier: string[] = [];
+      const orphans: string[] = [];
       for (const name of readdirSync(this.snapshotsDir)) {
         const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
         if (id !== undefined && (live.has(id) || pruning.has(id))) continue;
+        if (id === undefined && pooled(name)) continue;
         if (name.startsWith(TRASH_PREFIX)) {
-          claimed.push(name);
+          earlier.push(name);
           continue;
         }
         if (!select(name, lastAllocated)) continue;
@@ -526,26 +569,18 @@ export class Snapshotter {
             continue;
           }
         }
-        // Claim it under the lock: a crashed creation's id can be allocated
-        // again, and must then find its place free, not deleted later.
-        const to = `${TRASH_PREFIX}${uuidv4()}`;
-        try {
-          renameSync(`${this.snapshotsDir}/${name}`, `${this.snapshotsDir}/${to}`);
-        } catch (err) {
-          // A synchronous remove (here or in another process) deletes its
-          // dir after its transaction, without the lock: already gone is fine.
-          if (errnoOf(err) === 'ENOENT') continue;
-          throw err;
-        }
-        claimed.push(to);
-        report.removed.push(name);
+        orphans.push(name);
       }
+      // Claimed under the lock: a crashed creation's id can be allocated
+      // again, and must then find its place free, not deleted later.
+      const claimed = new Trash(this.snapshotsDir, orphans.length);
+      for (const name of earlier) claimed.adopt(name);
+      // A synchronous remove (here or in another process) deletes its dir
+      // after its transaction, without the lock: already gone is fine.
+      for (const name of orphans) if (claimed.claim(name)) report.removed.push(name);
       return claimed;
     });
-    await deleteTrees(
-      trash.map((name) => `${this.snapshotsDir}/${name}`),
-      'cleanup:mid',
-    );
+    await trash.empty('cleanup:mid');
     return report;
   }
 
@@ -579,9 +614,11 @@ export class Snapshotter {
         problems.push({ problem: 'missing-work', key: row.key, path: `${dir}/work`, repaired: repair });
       }
     }
+    const pooled = livePoolDirs();
     for (const name of readdirSync(this.snapshotsDir)) {
       const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
       if (id !== undefined && live.has(id)) continue;
+      if (id === undefined && pooled(name)) continue;
       const path = `${this.snapshotsDir}/${name}`;
       const at = id === undefined ? undefined : users.get(id);
       problems.push(
@@ -622,7 +659,7 @@ export class Snapshotter {
       if (holder !== undefined) {
         throw new UnavailableError(`a prune is already running on ${this.root} (process ${holder.pid} since ${new Date(holder.since).toISOString()}); wait for it to finish`);
       }
-      this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: processStart(process.pid), since: Date.now(), token, ids: [] }));
+      this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: [] }));
     });
     try {
       const report: PruneReport = { dryRun: o.dryRun, removed: [], kept: [], marked: [], reclaimed: { bytes: 0, inodes: 0 } };
@@ -631,11 +668,12 @@ export class Snapshotter {
         if (!o.dryRun) {
           this.store.applyPrune(plan.remove.map((r) => r.id), plan.mark, plan.unmark, o.now());
           // While this prune deletes them, cleanup() elsewhere must leave these dirs alone.
-          this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: processStart(process.pid), since: Date.now(), token, ids: plan.remove.map((r) => r.id) }));
+          this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: plan.remove.map((r) => r.id) }));
         }
         return plan;
       };
       const plan = o.dryRun ? decide() : this.store.exclusive(decide);
+      await this.store.durable();
       report.kept = plan.kept.map(({ rec, reason }) => ({ name: rec.key, kind: rec.kind, reason }));
       const names = new Map(plan.kept.map(({ rec }) => [rec.id, rec.key]));
       for (const r of plan.remove) names.set(r.id, r.key);
@@ -656,7 +694,7 @@ export class Snapshotter {
         o.onProgress?.({ done: ++done, total: plan.remove.length, bytes });
       };
       if (o.dryRun) for (const dir of sizes.keys()) progress(dir);
-      else await deleteTrees([...sizes.keys()], 'prune:mid', progress);
+      else await deleteTrees(this.snapshotsDir, [...sizes.keys()], 'prune:mid', progress);
       report.reclaimed.bytes = bytes;
       debug('prune %s: removed %d, kept %d, marked %d', this.root, report.removed.length, report.kept.length, report.marked.length);
       return report;
@@ -674,7 +712,11 @@ export class Snapshotter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.store.close();
+    try {
+      await Promise.all([this.pool.close(), this.store.durable()]);
+    } finally {
+      this.store.close();
+    }
   }
 
   private idmapOptions(labels: Readonly<Record<string, string>>): string[] {
@@ -697,49 +739,16 @@ const PRUNE_LOCK = 'prune-lock';
 /** Matches every snapshot. */
 const ALL = parseFilters([]);
 
-/** The start time of process `pid` (field 22 of /proc/<pid>/stat), to tell a live owner from a reused pid. */
-function processStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 /** The prune lock's holder if it is a live process, else undefined (a crashed prune's lock is stale). */
 function livePruneHolder(value: string | undefined): { pid: number; since: number; ids: number[] } | undefined {
   if (value === undefined) return undefined;
   try {
     const lock = JSON.parse(value) as { pid: number; start?: string; since: number; ids?: number[] };
-    if (processStart(lock.pid) === undefined || processStart(lock.pid) !== lock.start) return undefined;
+    if (!isAlive(lock.pid, lock.start)) return undefined;
     return { pid: lock.pid, since: lock.since, ids: lock.ids ?? [] };
   } catch {
     return undefined;
   }
-}
-
-/**
- * Deletes whole trees: the first alone (then the fault point, for crash
- * tests), the rest several at a time, since deleting is I/O-bound (on ext4
- * mounted with `discard`, each freed block waits for its discard) and
- * deletions in flight overlap the waits. `done` runs after each tree.
- */
-async function deleteTrees(dirs: readonly string[], point: FaultPoint, done?: (dir: string) => void): Promise<void> {
-  const one = async (dir: string) => {
-    debug('removing %s', dir);
-    await fse.remove(dir);
-    done?.(dir);
-  };
-  if (dirs.length === 0) return;
-  await one(dirs[0]!);
-  fault(point);
-  let next = 1;
-  await Promise.all(
-    Array.from({ length: Math.min(16, dirs.length - 1) }, async () => {
-      while (next < dirs.length) await one(dirs[next++]!);
-    }),
-  );
 }
 
 /**

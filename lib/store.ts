@@ -1,14 +1,18 @@
 /**
- * The metadata store: one SQLite file per root, in WAL mode with
- * `synchronous=FULL`, so that every mutating call is durable when it returns
- * and several processes can share one root (each mutation is one
- * `BEGIN IMMEDIATE` transaction; readers never block writers).
+ * The metadata store: one SQLite file per root, in WAL mode, so that several
+ * processes can share one root (each mutation is one `BEGIN IMMEDIATE`
+ * transaction; readers never block writers). Every mutating call of the
+ * snapshotter is durable when it returns: SQLite runs with
+ * `synchronous=NORMAL` (the WAL is synced around checkpoints) and
+ * {@link Store.durable} syncs the WAL after commits, on the thread pool, which
+ * together is what `synchronous=FULL` does, minus the wait on the main
+ * thread (see {@link Store.durable}).
  *
  * The store knows no paths and no kernel: callers that must do directory
  * work inside a transaction (staging a new snapshot) pass a callback that
  * runs while the write lock is held.
  */
-import { readdirSync, statSync } from 'node:fs';
+import { closeSync, fdatasync, openSync, readdirSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import createDebug from 'debug';
 import koffi from 'koffi';
@@ -95,8 +99,8 @@ export interface CreateRequest {
  * insert and before the commit. If either throws, nothing is recorded.
  */
 export interface StageHooks {
-  stage(parentIds: readonly number[]): void;
-  place(id: number): void;
+  stage(parentIds: number[]): void;
+  place(id: number, parentIds: number[]): void;
 }
 
 type RawRow = [number, string, number, number | null, number, number, number, number];
@@ -181,6 +185,8 @@ function byKey(a: Record_, b: Record_): number {
   return x.length - y.length;
 }
 
+const DONE: Promise<void> = Promise.resolve();
+
 /** Records kept in memory at most; a bigger store is read from SQLite each time. */
 const CACHE_LIMIT = 200_000;
 
@@ -261,6 +267,18 @@ class WalHeader {
     return changed;
   }
 
+  /** True when the header differs from `copy` (a commit happened since `copy` was taken). */
+  differsFrom(copy: Int32Array): boolean {
+    const words = this.words!;
+    for (let i = 0; i < 12; i++) if (words[i] !== copy[i]) return true;
+    return false;
+  }
+
+  /** Copies the current header into `copy`. */
+  copyTo(copy: Int32Array): void {
+    copy.set(this.words!);
+  }
+
   unmap(): void {
     if (this.words === undefined) return;
     this.words = undefined;
@@ -314,6 +332,19 @@ export class Store {
    * (stat, mounts, usage) and every record in key order (walk).
    */
   private readonly header: WalHeader | undefined;
+  /**
+   * The WAL file, opened read-only, that {@link durable} syncs; undefined
+   * when the header or the file could not be had, and then SQLite syncs
+   * each commit itself (`synchronous=FULL`). SQLite takes no locks on the
+   * WAL file (its locks are on the shm file), so a descriptor of our own
+   * drops none when closed.
+   */
+  private walFd: number | undefined;
+  /** The WAL-index header when the last sync of the WAL started: while it reads the same, nothing needs syncing. */
+  private readonly synced = new Int32Array(12);
+  /** The sync of the WAL in flight, and the one queued after it for commits it may have missed. */
+  private syncing: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
   private readonly cache = new Map<string, Record_>();
   private all: Record_[] | undefined;
   /** Transaction runners made once: `db.transaction()` per call costs more than a cached read. */
@@ -355,6 +386,16 @@ export class Store {
     this.file = file;
     this.db = db;
     this.header = WalHeader.map(file);
+    if (this.header !== undefined) {
+      try {
+        this.walFd = openSync(`${file}-wal`, 'r');
+        // Everything committed so far was synced by FULL; from now on durable() syncs.
+        db.pragma('synchronous = NORMAL');
+        this.header.copyTo(this.synced);
+      } catch (err) {
+        debug('syncing every commit on the main thread: cannot open the WAL of %s: %s', file, (err as Error).message);
+      }
+    }
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
     this.sRecord = db.prepare<[string], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.key = ?`).raw();
     this.sRecordById = db.prepare<[number], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.id = ?`).raw();
@@ -399,7 +440,57 @@ export class Store {
     }
   }
 
+  /**
+   * Resolves once everything committed so far is on disk. Commits run with
+   * `synchronous=NORMAL`, which syncs the WAL only around checkpoints; this
+   * adds the sync of the WAL after commits that FULL would do inside each,
+   * as one `fdatasync(2)` on the thread pool, so that the caller can do
+   * other disk work (deleting a removed snapshot's dirs) while it runs.
+   * Commits made while a sync runs share the next one (group commit).
+   * Every mutating call of the snapshotter awaits this before returning.
+   * @throws UnavailableError when the sync fails (the disk reported an
+   *   I/O error: what was committed may be lost on power failure).
+   */
+  durable(): Promise<void> {
+    if (this.walFd === undefined) return DONE;
+    if (this.queued !== undefined) return this.queued;
+    if (!this.header!.differsFrom(this.synced)) return this.syncing ?? DONE;
+    if (this.syncing === undefined) return this.startSync();
+    // The sync in flight may have started before the latest commit.
+    const queued = this.syncing.then(
+      () => this.afterQueued(),
+      () => this.afterQueued(),
+    );
+    this.queued = queued;
+    return queued;
+  }
+
+  private afterQueued(): Promise<void> {
+    this.queued = undefined;
+    return this.durable();
+  }
+
+  private startSync(): Promise<void> {
+    this.header!.copyTo(this.synced);
+    const fd = this.walFd!;
+    const sync = new Promise<void>((resolve, reject) => {
+      fdatasync(fd, (err) => {
+        if (this.syncing === sync) this.syncing = undefined;
+        if (err === null) return resolve();
+        // Not synced after all: the next call tries again.
+        this.synced.fill(0);
+        reject(new UnavailableError(`cannot make metadata store ${this.file} durable (${err.code ?? err.message}); check the disk`, { cause: err }));
+      });
+    });
+    this.syncing = sync;
+    return sync;
+  }
+
   close(): void {
+    if (this.walFd !== undefined) {
+      closeSync(this.walFd);
+      this.walFd = undefined;
+    }
     // Unmapped before SQLite closes: its close may delete the shm file.
     this.header?.unmap();
     this.cache.clear();
@@ -598,7 +689,7 @@ export class Store {
       hooks.stage(chain);
       const id = Number(this.sInsert.run(req.key, KIND_CODE[req.kind], parentId, req.now, req.now).lastInsertRowid);
       for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(id, k, v);
-      hooks.place(id);
+      hooks.place(id, chain);
       return { id, chain };
     });
   }

@@ -138,7 +138,7 @@ describe('crash at every fault point', () => {
         assert.deepEqual((await sn.cleanup()).removed, []);
         // Normal work goes on, and ids recorded before the crash are not reused.
         await sn.prepare('after-crash', found.includes('base') ? 'base' : undefined);
-        const created = readdirSync(join(root, 'snapshots')).map(Number).filter((n) => !idsBefore.includes(n));
+        const created = readdirSync(join(root, 'snapshots')).filter((n) => /^\d+$/.test(n)).map(Number).filter((n) => !idsBefore.includes(n));
         assert.ok(created.every((id) => id > Math.max(...idsBefore)), `new ids ${created} after ${idsBefore}`);
         await sn.remove('after-crash');
         await sn.close();

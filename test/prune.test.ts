@@ -5,13 +5,13 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { Snapshotter, type PruneReport } from '../lib/index.js';
 import { parseUntil } from '../lib/prune.js';
-import { withMounted, withSnapshotter } from './helpers/fixtures.js';
+import { snapshotEntries, withMounted, withSnapshotter } from './helpers/fixtures.js';
 import { mountTestOptions } from './helpers/require-mount.js';
 
 /** Commits a layer named `name` on `parent` holding `bytes` of data. */
 async function layer(sn: Snapshotter, root: string, name: string, parent?: string, labels?: Record<string, string>, bytes = 8192): Promise<void> {
   await sn.prepare(`${name}-a`, parent);
-  const dirs = readdirSync(join(root, 'snapshots')).map(Number).sort((a, b) => b - a);
+  const dirs = snapshotEntries(root).map(Number).sort((a, b) => b - a);
   writeFileSync(join(root, 'snapshots', String(dirs[0]), 'fs', 'data'), Buffer.alloc(bytes, 7));
   await sn.commit(name, `${name}-a`, labels ? { labels } : undefined);
 }
@@ -43,7 +43,7 @@ describe('prune', () => {
       assert.equal(report.reclaimed.bytes, before - after, 'reclaimed bytes equal the drop in disk usage of snapshots/');
       assert.ok(report.reclaimed.bytes >= 150_000);
       assert.ok(report.removed.every((r) => r.kind === 'committed' && r.size > 0 && r.inodes >= 3));
-      assert.deepEqual(readdirSync(join(root, 'snapshots')), []);
+      assert.deepEqual(snapshotEntries(root), []);
     });
   });
 
@@ -144,10 +144,10 @@ describe('prune', () => {
       await layer(sn, root, 'a');
       await layer(sn, root, 'b', 'a');
       await sn.prepare('ctr');
-      const before = readdirSync(join(root, 'snapshots')).sort();
+      const before = snapshotEntries(root);
       const dry = await sn.prune({ dryRun: true });
       assert.equal(dry.dryRun, true);
-      assert.deepEqual(readdirSync(join(root, 'snapshots')).sort(), before);
+      assert.deepEqual(snapshotEntries(root), before);
       assert.deepEqual((await names(sn)).sort(), ['a', 'b', 'ctr']);
       const real = await sn.prune();
       assert.deepEqual(real.removed, dry.removed);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -139,5 +139,60 @@ test('a cache miss followed by many writes in one turn of the event loop does no
   } finally {
     await sn.close();
     await removeTree(top);
+  }
+});
+
+test('every mutating call returns only after a sync of the WAL that began after its last write to it', async (t) => {
+  if (spawnSync('strace', ['-V']).status !== 0) return t.skip('needs strace to watch the syscalls');
+  const dir = tempDir();
+  try {
+    const log = join(dir, 'strace.log');
+    const child = fileURLToPath(new URL('./helpers/durable-child.ts', import.meta.url));
+    const result = spawnSync('strace', ['-f', '-qq', '-e', 'trace=openat,pwrite64,fsync,fdatasync,write', '-o', log, process.execPath, '--import', 'tsx', child, join(dir, 'root')], {
+      encoding: 'utf8',
+    });
+    assert.equal(result.status, 0, result.stderr);
+    const lines = readFileSync(log, 'utf8').split('\n');
+    // The WAL's descriptors: SQLite's (which writes it) and the store's own (which syncs it).
+    const walFds = new Set<string>();
+    for (const line of lines) {
+      const m = /openat\(AT_FDCWD, "[^"]*metadata\.db-wal", [^)]*\) = (\d+)/.exec(line);
+      if (m) walFds.add(m[1]!);
+    }
+    assert.ok(walFds.size >= 2, `the WAL is opened by SQLite and by the store: ${[...walFds]}`);
+    const isWalWrite = (l: string) => { const m = /pwrite64\((\d+),/.exec(l); return m !== null && walFds.has(m[1]!); };
+    const syncStart = (l: string) => { const m = /(?:fdatasync|fsync)\((\d+)/.exec(l); return m !== null && walFds.has(m[1]!); };
+    const syncEnd = (l: string) =>
+      (/(?:fdatasync|fsync)\((\d+)\)\s+= 0/.test(l) && syncStart(l)) || /<\.\.\. (?:fdatasync|fsync) resumed>\)\s+= 0/.test(l);
+    const calls: string[] = [];
+    lines.forEach((line, i) => {
+      const m = /write\(2, "DONE ([^\\"]*)/.exec(line);
+      if (!m) return;
+      calls.push(m[1]!);
+      let lastWrite = -1;
+      for (let j = i - 1; j >= 0; j--) {
+        if (isWalWrite(lines[j]!)) {
+          lastWrite = j;
+          break;
+        }
+      }
+      assert.ok(lastWrite >= 0, `${m[1]} wrote the WAL`);
+      // A sync of the WAL that started after that write and finished before the call returned.
+      let synced = false;
+      for (let j = lastWrite + 1; j < i && !synced; j++) {
+        if (!syncStart(lines[j]!)) continue;
+        const tid = lines[j]!.split(' ')[0];
+        for (let k = j; k < i; k++) {
+          if (lines[k]!.split(' ')[0] === tid && syncEnd(lines[k]!)) {
+            synced = true;
+            break;
+          }
+        }
+      }
+      assert.ok(synced, `${m[1]} returned before its commit was synced`);
+    });
+    assert.deepEqual(calls, ['prepare', 'commit', 'update', 'view', 'prepare burst', 'concurrent removes', 'remove']);
+  } finally {
+    await removeTree(dir);
   }
 });

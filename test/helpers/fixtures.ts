@@ -1,5 +1,5 @@
 /** Temp roots, mounted targets and mount-table checks shared by the tests. */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Snapshotter, mountAll, unmountAll, type Mount, type SnapshotterOptions } from '../../lib/index.js';
@@ -14,6 +14,16 @@ export function mountPoints(): string[] {
 
 export function isMounted(path: string): boolean {
   return mountPoints().includes(path);
+}
+
+/** Whether `name` is a staging dir of this process's pool (lib/staging.ts), kept ready while a snapshotter is open. */
+export function isOwnPoolDir(name: string): boolean {
+  return name.startsWith(`new-${process.pid}.`);
+}
+
+/** The entries of `<root>/snapshots`, sorted, without this process's pool of ready staging dirs. */
+export function snapshotEntries(root: string): string[] {
+  return readdirSync(`${root}/snapshots`).filter((n) => !isOwnPoolDir(n)).sort();
 }
 
 /** Makes a fresh temp dir; `extra` lengthens its path (for long-root tests). */

@@ -1,0 +1,31 @@
+/**
+ * Telling a live process from a dead one whose pid was reused: a pid plus
+ * its start time (field 22 of `/proc/<pid>/stat`, in clock ticks since
+ * boot) names one process for the life of the machine. The prune lock and
+ * the staging pool's dirs are tagged with both, so that what a crashed
+ * process left behind is recognised as such.
+ */
+import { readFileSync } from 'node:fs';
+
+/** The start time of process `pid`, or undefined when there is no such process. */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the process `pid` that started at `start` is still running. */
+export function isAlive(pid: number, start: string | undefined): boolean {
+  const now = processStart(pid);
+  return now !== undefined && now === start;
+}
+
+/** This process's own pid and start time, read once. */
+let self: { pid: number; start: string | undefined } | undefined;
+export function selfTag(): { pid: number; start: string | undefined } {
+  self ??= { pid: process.pid, start: processStart(process.pid) };
+  return self;
+}

@@ -1,0 +1,87 @@
+/**
+ * The staging pool (lib/staging.ts): ready `new-<pid>.<start>-<uuid>` dirs
+ * that a live process owns are never taken for leftovers; those of a dead
+ * process are.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { test } from 'node:test';
+import { Snapshotter } from '../lib/index.js';
+import { processStart } from '../lib/liveness.js';
+import { isOwnPoolDir, removeTree, tempDir } from './helpers/fixtures.js';
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 30));
+
+function fakeStaging(root: string, name: string): void {
+  mkdirSync(`${root}/snapshots/${name}/fs`, { recursive: true });
+  mkdirSync(`${root}/snapshots/${name}/work`);
+}
+
+test('open and cleanup keep the pool dirs of a live process and remove those of dead ones', async () => {
+  const top = tempDir();
+  const root = `${top}/root`;
+  try {
+    const first = await Snapshotter.open(root);
+    await first.close();
+    const live = `new-${process.pid}.${processStart(process.pid)}-00000000-0000-4000-8000-000000000001`;
+    const dead = 'new-999999999.1-00000000-0000-4000-8000-000000000002';
+    const reused = `new-${process.pid}.1-00000000-0000-4000-8000-000000000003`;
+    for (const name of [live, dead, reused]) fakeStaging(root, name);
+    const sn = await Snapshotter.open(root);
+    try {
+      assert.deepEqual(readdirSync(`${root}/snapshots`), [live], 'open removes the leftovers of a dead process and of a reused pid');
+      assert.equal((await sn.check()).ok, true, 'a live process\'s pool is not a problem');
+      assert.deepEqual((await sn.cleanup()).removed, []);
+      assert.ok(existsSync(`${root}/snapshots/${live}/work`));
+    } finally {
+      await sn.close();
+    }
+  } finally {
+    await removeTree(top);
+  }
+});
+
+test('prepare takes ready dirs from the pool and still works when they were deleted behind its back', async () => {
+  const top = tempDir();
+  const root = `${top}/root`;
+  const sn = await Snapshotter.open(root);
+  try {
+    await sn.prepare('a');
+    await settle();
+    const pool = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir);
+    assert.ok(pool.length > 0, 'the pool was filled after the first prepare');
+    const stamps = new Map(pool.map((name) => [statSync(`${root}/snapshots/${name}`).ino, name]));
+    await sn.prepare('b');
+    assert.ok(stamps.has(statSync(`${root}/snapshots/2`).ino), 'b\'s dir is a pool dir renamed into place');
+    await settle();
+    for (const name of readdirSync(`${root}/snapshots`).filter(isOwnPoolDir)) rmSync(`${root}/snapshots/${name}`, { recursive: true });
+    await sn.prepare('c');
+    assert.equal(statSync(`${root}/snapshots/3/fs`).mode & 0o777, 0o755);
+    assert.equal(statSync(`${root}/snapshots/3/work`).mode & 0o777, 0o711);
+    assert.equal((await sn.check()).ok, true);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+  assert.equal(existsSync(top), false);
+});
+
+test('a creation that fails its checks leaves the pool as it was, and close removes the pool', async () => {
+  const top = tempDir();
+  const root = `${top}/root`;
+  const sn = await Snapshotter.open(root);
+  try {
+    await sn.prepare('a');
+    await settle();
+    const before = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort();
+    await assert.rejects(sn.prepare('a'), { code: 'ERR_ALREADY_EXISTS' });
+    await assert.rejects(sn.prepare('b', 'missing'), { code: 'ERR_NOT_FOUND' });
+    await settle();
+    assert.deepEqual(readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort(), before, 'the same dirs, none leaked or lost');
+    await sn.close();
+    assert.deepEqual(readdirSync(`${root}/snapshots`), ['1']);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
