@@ -2,24 +2,26 @@
  * mountAll / unmountAll: mount specs onto a target and take them off again.
  * Knows nothing about snapshots; see overlay.ts for overlay chains.
  */
+import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import createDebug from 'debug';
 import { InvalidArgumentError, UnavailableError, q } from '../errors.js';
 import type { Mount } from '../types.js';
 import { MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, PER_MOUNT_FLAGS, parseMountOptions, type ParsedMountOptions } from './options.js';
-import { type OverlayPlan, type OverlayStrategy, mountOverlayLegacy, mountOverlayWithApi, planOverlay, resolveOverlayStrategy } from './overlay.js';
-import { mount, statfsFlags, type SyscallError, umount2 } from './syscalls.js';
+import { type OverlayChoice, type OverlayPlan, type OverlayStrategy, chooseOverlayStrategy, mountOverlay, planOverlay } from './overlay.js';
+import { mount, statfsFlags, tryUmount2, umount2Error } from './syscalls.js';
 
 const debug = createDebug('overlay-snapshotter:mount');
 
 /** Options of {@link mountAll}. */
 export interface MountAllOptions {
   /**
-   * How overlay mounts are made; default `auto` (the mount API where the
-   * kernel accepts `lowerdir+`, else mount(2)). `mount-api` or `legacy`
-   * here overrides the `OVERLAY_SNAPSHOTTER_MOUNT_STRATEGY` environment
-   * variable.
+   * How overlay mounts are made; default `auto`: one mount(2) when the
+   * options fit in a page, else the mount API where the kernel accepts
+   * `lowerdir+`, else mount(2) with shortened options. `mount-api` or
+   * `legacy` here overrides the `OVERLAY_SNAPSHOTTER_MOUNT_STRATEGY`
+   * environment variable.
    */
   strategy?: OverlayStrategy;
 }
@@ -29,6 +31,8 @@ const MOUNT_ALL_OPTIONS = ['strategy'];
 /** EBUSY retries of one unmount, as containerd: 50 tries, 50 ms apart. */
 const UNMOUNT_TRIES = 50;
 const UNMOUNT_DELAY_MS = 50;
+
+const { EBUSY, EINVAL, ENOENT } = osConstants.errno;
 
 /** statfs(2) ST_* bits -> the MS_* flags a remount must keep (ST_RELATIME differs from MS_RELATIME). */
 const ST_TO_MS: ReadonlyArray<readonly [number, number]> = [
@@ -76,10 +80,10 @@ export async function mountAll(mounts: Mount[], target: string, opts?: MountAllO
   const abs = resolve(target);
   // Every spec is checked before the first syscall.
   const plans = mounts.map((spec, i) => planMount(spec, i, abs));
-  const overlayStrategy = plans.some((p) => p.overlay) ? resolveOverlayStrategy(strategy) : undefined;
+  const overlayChoice = plans.some((p) => p.overlay) ? chooseOverlayStrategy(strategy) : undefined;
   let made = 0;
   try {
-    for (const plan of plans) made += await mountOne(plan, abs, overlayStrategy);
+    for (const plan of plans) made += await mountOne(plan, abs, overlayChoice);
   } catch (err) {
     if (made > 0) {
       debug('mount on %s failed; unmounting the %d mounts made before it', abs, made);
@@ -131,13 +135,12 @@ function planMount(spec: Mount, index: number, target: string): Planned {
 }
 
 /** Mounts one spec; returns how many mounts it stacked on the target (0 for a remount or move). */
-async function mountOne(plan: Planned, target: string, strategy: 'mount-api' | 'legacy' | undefined): Promise<number> {
+async function mountOne(plan: Planned, target: string, overlayChoice: OverlayChoice | undefined): Promise<number> {
   const { spec, parsed } = plan;
   const flags = parsed.flags;
   const what = `mount ${q(spec.type)} on ${q(target)}`;
   if (plan.overlay) {
-    if (strategy === 'mount-api') mountOverlayWithApi(plan.overlay, spec.source, target, flags);
-    else mountOverlayLegacy(plan.overlay, spec.source, target, flags);
+    mountOverlay(plan.overlay, spec.source, target, flags, overlayChoice!);
   } else {
     mount(spec.source, target, spec.type, flags, parsed.data.length > 0 ? parsed.data.join(',') : null, what);
     debug('mounted %s %s on %s (flags 0x%s)', spec.type, spec.source, target, flags.toString(16));
@@ -170,24 +173,35 @@ function remountBind(target: string, flags: number, what: string): void {
   mount(null, target, null, remount, null, `${what}: remount bind (flags 0x${remount.toString(16)})`);
 }
 
-/** One umount2, retrying EBUSY (a process still leaving the mount) for a while. */
-async function unmountOnce(target: string): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      umount2(target, 0);
-      return;
-    } catch (err) {
-      if ((err as SyscallError).code !== 'EBUSY' || attempt >= UNMOUNT_TRIES) throw err;
-      if (attempt === 1) debug('unmount %s: busy, retrying for up to %d ms', target, UNMOUNT_TRIES * UNMOUNT_DELAY_MS);
-      await sleep(UNMOUNT_DELAY_MS);
-    }
+/**
+ * Retries an unmount that failed with EBUSY (a process still leaving the
+ * mount) until it stops being busy or the tries run out; returns the errno
+ * of the last try, 0 when it unmounted.
+ */
+async function retryBusy(target: string): Promise<number> {
+  debug('unmount %s: busy, retrying for up to %d ms', target, UNMOUNT_TRIES * UNMOUNT_DELAY_MS);
+  for (let attempt = 2; ; attempt++) {
+    await sleep(UNMOUNT_DELAY_MS);
+    const errno = tryUmount2(target, 0);
+    if (errno !== EBUSY || attempt >= UNMOUNT_TRIES) return errno;
   }
+}
+
+/** One umount2, retrying EBUSY for a while. */
+async function unmountOnce(target: string): Promise<void> {
+  let errno = tryUmount2(target, 0);
+  if (errno === EBUSY) errno = await retryBusy(target);
+  if (errno !== 0) throw umount2Error(target, errno);
 }
 
 /**
  * Unmounts `target` until it is no longer a mount point, so stacked mounts
  * all come off. Retries EBUSY for a while (50 x 50 ms). A path that is not
  * mounted (EINVAL) or does not exist (ENOENT) is not an error.
+ *
+ * Hot path: one umount2 per mount plus the one that finds nothing left
+ * (cheaper than asking first: statx or mountinfo also resolve the path),
+ * and no error object unless one is thrown.
  */
 export async function unmountAll(target: string): Promise<void> {
   if (typeof target !== 'string' || target === '' || target.includes('\0')) {
@@ -195,15 +209,13 @@ export async function unmountAll(target: string): Promise<void> {
   }
   const abs = resolve(target);
   for (let n = 0; ; n++) {
-    try {
-      await unmountOnce(abs);
-    } catch (err) {
-      const code = (err as SyscallError).code;
-      if (code === 'EINVAL' || code === 'ENOENT') {
-        if (n > 0) debug('unmounted %d mounts from %s', n, abs);
-        return;
-      }
-      throw err;
+    let errno = tryUmount2(abs, 0);
+    if (errno === EBUSY) errno = await retryBusy(abs);
+    if (errno === 0) continue;
+    if (errno === EINVAL || errno === ENOENT) {
+      if (n > 0) debug('unmounted %d mounts from %s', n, abs);
+      return;
     }
+    throw umount2Error(abs, errno);
   }
 }

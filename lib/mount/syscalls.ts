@@ -13,7 +13,7 @@
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import koffi from 'koffi';
 import { q } from '../errors.js';
-import { libc as loadLibc, syscallError } from '../libc.js';
+import { libc as loadLibc, type SyscallError, syscallError } from '../libc.js';
 
 export type { SyscallError } from '../libc.js';
 
@@ -143,7 +143,24 @@ export function mount(source: string | null, target: string, fstype: string | nu
 
 /** umount2(2). */
 export function umount2(target: string, flags: number): void {
-  check(libc().umount2(target, flags), 'umount2', () => `umount2 ${q(target)}`, target);
+  const errno = tryUmount2(target, flags);
+  if (errno !== 0) throw umount2Error(target, errno);
+}
+
+/**
+ * umount2(2) that returns 0 or the errno instead of throwing. Hot path:
+ * `unmountAll` ends every call with the EINVAL of a target that is no
+ * longer a mount point, and an error object (a stack, the errno table)
+ * costs more than the syscall; callers build one with {@link umount2Error}
+ * only when they throw it.
+ */
+export function tryUmount2(target: string, flags: number): number {
+  return Number(libc().umount2(target, flags)) < 0 ? koffi.errno() : 0;
+}
+
+/** The error of a failed {@link tryUmount2}. */
+export function umount2Error(target: string, errno: number): SyscallError {
+  return syscallError('umount2', `umount2 ${q(target)}`, target, errno);
 }
 
 /** close(2); errors are ignored, as there is nothing useful to do about them here. */
