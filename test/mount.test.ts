@@ -14,7 +14,7 @@ import {
   unmountAll,
   type OverlayStrategy,
 } from '../lib/mount/index.js';
-import { escapeOverlayPath } from '../lib/mount/overlay.js';
+import { escapeOverlayPath, parseLowerdirs } from '../lib/mount/overlay.js';
 import type { Mount } from '../lib/types.js';
 import { mountPoints, removeTree } from './helpers/fixtures.js';
 import { mountTestOptions } from './helpers/require-mount.js';
@@ -209,6 +209,35 @@ describe('mountAll argument checks (before any syscall)', () => {
     ];
     for (const [name, mounts, where, opts] of cases) {
       await assert.rejects(mountAll(mounts, where, opts as { strategy?: OverlayStrategy }), InvalidArgumentError, name);
+    }
+  });
+
+  test('lowerdir values parse the same with and without escapes: layers top first, data-only layers after "::"', () => {
+    const plain = parseLowerdirs('/a:/b::/d1::/d2');
+    assert.deepEqual(plain, [
+      { path: '/a', data: false },
+      { path: '/b', data: false },
+      { path: '/d1', data: true },
+      { path: '/d2', data: true },
+    ]);
+    // A backslash anywhere takes the escaping parser; a no-op escape must not change the result.
+    assert.deepEqual(parseLowerdirs('/\\a:/b::/d1::/d2'), plain);
+    assert.deepEqual(parseLowerdirs('/x\\:y:/z'), [
+      { path: '/x:y', data: false },
+      { path: '/z', data: false },
+    ]);
+    for (const bad of ['/a:::/b', '/a:/b:', '/a::/d:/b', '/a::']) {
+      const escaped = bad.replace('/a', '/\\a');
+      const message = (value: string) => {
+        try {
+          parseLowerdirs(value);
+        } catch (err) {
+          assert.ok(err instanceof InvalidArgumentError, String(err));
+          return err.message.replace(/lowerdir=.*?( has | ends |: a regular)/, 'lowerdir=<value>$1');
+        }
+        assert.fail(`${value} parsed`);
+      };
+      assert.equal(message(bad), message(escaped), bad);
     }
   });
 
@@ -452,6 +481,44 @@ describe('mounting', mountTestOptions(), () => {
     });
   }
 
+  test('auto mounts a chain whose options fit in a page with one mount(2)', async () => {
+    const saved = process.env[STRATEGY_ENV];
+    await withTemp(async (dir) => {
+      const [l1, l2, upper, work, target] = ['l1', 'l2', 'upper', 'work', 'target'].map((n) => join(dir, n)) as [string, string, string, string, string];
+      mkdirs(l1, l2, upper, work, target);
+      fs.writeFileSync(join(l1, 'a'), 'a');
+      try {
+        delete process.env[STRATEGY_ENV];
+        await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, `lowerdir=${l1}:${l2}`] }], target, { strategy: 'auto' });
+        assert.doesNotMatch(topMount(target)?.superOptions ?? '', /lowerdir\+=/);
+        assert.match(topMount(target)?.superOptions ?? '', /lowerdir=/);
+        assert.deepEqual(fs.readdirSync(target), ['a']);
+      } finally {
+        if (saved !== undefined) process.env[STRATEGY_ENV] = saved;
+        await unmountAll(target);
+      }
+    });
+  });
+
+  test('under auto, a failing overlay mount carries the kernel\'s reason where the mount API exists, and nothing is mounted', async () => {
+    const saved = process.env[STRATEGY_ENV];
+    await withTemp(async (dir) => {
+      const [l1, l2, target] = ['l1', 'l2', 'target'].map((n) => join(dir, n)) as [string, string, string];
+      mkdirs(l1, l2, target);
+      try {
+        delete process.env[STRATEGY_ENV];
+        await rejectsWithCode(mountAll([{ type: 'overlay', source: 'overlay', options: [`lowerdir=${l1}:${l2}`, 'bogus=1'] }], target), 'EINVAL', (err) => {
+          assert.ok(err.message.includes(target), err.message);
+          if (resolveOverlayStrategy() === 'mount-api') assert.match(err.message, /kernel: .*bogus/, err.message);
+        });
+        assert.equal(mountCount(target), 0);
+      } finally {
+        if (saved !== undefined) process.env[STRATEGY_ENV] = saved;
+        await unmountAll(target);
+      }
+    });
+  });
+
   test(`${STRATEGY_ENV}=legacy forces mount(2) when no strategy is passed`, async () => {
     const saved = process.env[STRATEGY_ENV];
     await withTemp(async (dir) => {
@@ -658,6 +725,27 @@ describe('long overlay chains', mountTestOptions(), () => {
       });
     }
   }
+
+  test('128 layers under auto go through the mount API where the kernel has it, else mount(2) with stripped paths', async () => {
+    const saved = process.env[STRATEGY_ENV];
+    const id = ++nextId;
+    const upper = join(root, 'snapshots', String(id), 'fs');
+    const work = join(root, 'snapshots', String(id), 'work');
+    const target = join(root, `mnt-${id}`);
+    mkdirs(upper, work, target);
+    try {
+      delete process.env[STRATEGY_ENV];
+      await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, lowerdir(128), 'index=off'] }], target);
+      const superOptions = topMount(target)?.superOptions ?? '';
+      if (resolveOverlayStrategy() === 'mount-api') assert.match(superOptions, /lowerdir\+=/);
+      else assert.match(superOptions, /lowerdir=1000128\/fs:/);
+      assert.deepEqual(tree(target), tree(join(top, 'ref128')));
+    } finally {
+      if (saved !== undefined) process.env[STRATEGY_ENV] = saved;
+      await unmountAll(target);
+    }
+    assert.deepEqual(mountsBelow(top), []);
+  });
 
   for (const strategy of STRATEGIES) {
     test(`501 layers (${strategy}) is InvalidArgumentError naming the limit 500 and the depth, and nothing is mounted`, async () => {
