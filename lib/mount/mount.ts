@@ -46,6 +46,14 @@ const ST_TO_MS: ReadonlyArray<readonly [number, number]> = [
   [0x2000, MS_NOSYMFOLLOW],
 ];
 
+/** A `//`, a `.` or `..` component, or a trailing `/`: what `resolve` would change in an absolute path. */
+const NOT_NORMAL = /\/\/|\/\.\.?(?:\/|$)|.\/$/;
+
+/** `resolve(path)`, without its work for a path that is already absolute and normal (hot path). */
+function absolute(path: string): string {
+  return path.startsWith('/') && !NOT_NORMAL.test(path) ? path : resolve(path);
+}
+
 interface Planned {
   spec: Mount;
   parsed: ParsedMountOptions;
@@ -77,7 +85,7 @@ export async function mountAll(mounts: Mount[], target: string, opts?: MountAllO
   }
   if (!Array.isArray(mounts)) throw new InvalidArgumentError(`Expected mounts to be an array of mount specs, got ${typeof mounts}`);
   // The target is made absolute now: a legacy overlay mount may run with another cwd.
-  const abs = resolve(target);
+  const abs = absolute(target);
   // Every spec is checked before the first syscall.
   const plans = mounts.map((spec, i) => planMount(spec, i, abs));
   const overlayChoice = plans.some((p) => p.overlay) ? chooseOverlayStrategy(strategy) : undefined;
@@ -138,7 +146,8 @@ function planMount(spec: Mount, index: number, target: string): Planned {
 async function mountOne(plan: Planned, target: string, overlayChoice: OverlayChoice | undefined): Promise<number> {
   const { spec, parsed } = plan;
   const flags = parsed.flags;
-  const what = `mount ${q(spec.type)} on ${q(target)}`;
+  // Built only when needed: the overlay hot path never needs it.
+  const what = (): string => `mount ${q(spec.type)} on ${q(target)}`;
   if (plan.overlay) {
     mountOverlay(plan.overlay, spec.source, target, flags, overlayChoice!);
   } else {
@@ -148,10 +157,10 @@ async function mountOne(plan: Planned, target: string, overlayChoice: OverlayCho
   const stacked = (flags & (MS_REMOUNT | MS_MOVE)) === 0 ? 1 : 0;
   try {
     // A bind ignores per-mount flags: they take a remount of the bind.
-    if (parsed.bind && stacked && (flags & PER_MOUNT_FLAGS) !== 0) remountBind(target, flags, what);
-    if (parsed.propagation !== 0) mount(null, target, null, parsed.propagation, null, `${what}: set propagation`);
+    if (parsed.bind && stacked && (flags & PER_MOUNT_FLAGS) !== 0) remountBind(target, flags, what());
+    if (parsed.propagation !== 0) mount(null, target, null, parsed.propagation, null, `${what()}: set propagation`);
   } catch (err) {
-    if (stacked) await unmountOnce(target).catch((e: Error) => debug('could not undo %s: %s', what, e.message));
+    if (stacked) await unmountOnce(target).catch((e: Error) => debug('could not undo %s: %s', what(), e.message));
     throw err;
   }
   return stacked;
@@ -207,7 +216,7 @@ export async function unmountAll(target: string): Promise<void> {
   if (typeof target !== 'string' || target === '' || target.includes('\0')) {
     throw new InvalidArgumentError(`Expected the unmount target to be a non-empty path, got ${typeof target === 'string' ? q(target) : typeof target}`);
   }
-  const abs = resolve(target);
+  const abs = absolute(target);
   for (let n = 0; ; n++) {
     let errno = tryUmount2(abs, 0);
     if (errno === EBUSY) errno = await retryBusy(abs);

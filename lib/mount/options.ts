@@ -124,6 +124,13 @@ export function parseMountOptions(options: readonly string[]): ParsedMountOption
     if (typeof word !== 'string' || word === '' || word.includes('\0')) {
       throw new InvalidArgumentError(`Expected mount option ${i} to be a non-empty string without NUL, got ${describe(word)}`);
     }
+    // No flag or propagation word has `=`: filesystem data such as a
+    // kilobyte-long `lowerdir=` skips the lookups (a property lookup hashes
+    // the whole string). Hot path: every mount parses its options.
+    if (word.includes('=')) {
+      data.push(word);
+      continue;
+    }
     const flag = FLAG_WORDS[word];
     if (flag !== undefined) {
       flags = (flags & ~flag.clear) | flag.set;

@@ -116,6 +116,7 @@ const ESCAPED = /[\\:,]/g;
 
 /** Escapes a path for an overlay options string: `\`, `:` and `,` get a backslash. */
 export function escapeOverlayPath(path: string): string {
+  if (!path.includes('\\') && !path.includes(':') && !path.includes(',')) return path;
   return path.replace(ESCAPED, (c) => `\\${c}`);
 }
 
@@ -510,7 +511,7 @@ export function mountOverlay(plan: OverlayPlan, source: string, target: string, 
     const data = plainLegacyData(plan);
     if (data !== undefined) {
       try {
-        mount(source, target, 'overlay', flags, data, `mount overlay on ${q(target)}`);
+        mount(source, target, 'overlay', flags, data, () => `mount overlay on ${q(target)}`);
         debug('mounted overlay on %s with mount(2) (auto: %d lower layers, %d bytes of options)', target, plan.layers, data.length);
         return;
       } catch (err) {

@@ -136,9 +136,12 @@ function check(result: number | bigint, syscall: string, what: () => string, pat
   return value;
 }
 
-/** mount(2). `what` names the mount for the error message, e.g. `mount "overlay" on "/x"`. */
-export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null, what: string): void {
-  check(libc().mount(source, target, fstype, flags, data), 'mount', () => what, target);
+/**
+ * mount(2). `what` names the mount for the error message, e.g.
+ * `mount "overlay" on "/x"`; a function is called only on failure.
+ */
+export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null, what: string | (() => string)): void {
+  check(libc().mount(source, target, fstype, flags, data), 'mount', typeof what === 'string' ? () => what : what, target);
 }
 
 /** umount2(2). */
