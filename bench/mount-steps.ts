@@ -4,11 +4,15 @@
  * and work dir every cycle (as `prepare` makes them), through each overlay
  * strategy. No snapshotter, so the figures are those of lib/mount alone.
  *
- *   npx tsx bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto]
+ *   npx tsx bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto|bare]
  *
  * Needs root. Strategies are interleaved cycle by cycle, so that all see
  * the same machine noise; figures are medians over the cycles, after 5
- * warm-up cycles. Making the upper and work dirs is not timed; nothing is
+ * warm-up cycles. The `bare` row is the floor: the same options string
+ * passed to one mount(2) through koffi and one umount2, with no planning,
+ * checks or stack check. Leave a minute between runs: the tree is deleted
+ * at the end, and ext4 without a journal slows inode allocation near
+ * recently freed inodes for a while. Making the upper and work dirs is not timed; nothing is
  * deleted until the end, as ext4 without a journal makes inode allocation
  * slow near recently freed inodes (see bench/common.ts, freshRoot), which
  * would land in the mount (overlayfs makes its work dirs at mount time).
@@ -19,9 +23,10 @@ import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { mountAll, unmountAll } from '../lib/mount/index.js';
+import { mount, tryUmount2 } from '../lib/mount/syscalls.js';
 import type { Mount } from '../lib/types.js';
 
-type Strategy = 'mount-api' | 'legacy' | 'auto';
+type Strategy = 'mount-api' | 'legacy' | 'auto' | 'bare';
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -32,13 +37,13 @@ function median(values: number[]): number {
 async function main(argv: string[]): Promise<void> {
   let cycles = 300;
   let layers = 20;
-  let strategies: Strategy[] = ['auto', 'mount-api', 'legacy'];
+  let strategies: Strategy[] = ['auto', 'mount-api', 'legacy', 'bare'];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--cycles') cycles = Number(argv[++i]);
     else if (arg === '--layers') layers = Number(argv[++i]);
     else if (arg === '--only') strategies = [argv[++i] as Strategy];
-    else throw new Error(`unknown argument ${arg}; usage: bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto]`);
+    else throw new Error(`unknown argument ${arg}; usage: bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto|bare]`);
   }
   if (process.getuid?.() !== 0) throw new Error('bench/mount-steps.ts mounts for real: run it as root');
   const top = fs.realpathSync(fs.mkdtempSync(join(tmpdir(), 'ovl-mount-steps-')));
@@ -64,10 +69,13 @@ async function main(argv: string[]): Promise<void> {
         fs.mkdirSync(join(dir, 'fs'), { recursive: true });
         fs.mkdirSync(join(dir, 'work'));
         const mounts: Mount[] = [{ type: 'overlay', source: 'overlay', options: [`workdir=${dir}/work`, `upperdir=${dir}/fs`, lowerdir, 'index=off'] }];
+        const data = strategy === 'bare' ? mounts[0]!.options.join(',') : '';
         const t0 = performance.now();
-        await mountAll(mounts, target, { strategy });
+        if (strategy === 'bare') mount('overlay', target, 'overlay', 0, data, 'bare mount');
+        else await mountAll(mounts, target, { strategy });
         const t1 = performance.now();
-        await unmountAll(target);
+        if (strategy === 'bare') tryUmount2(target, 0);
+        else await unmountAll(target);
         const t2 = performance.now();
         if (cycle < 0) continue;
         times.get(strategy)!.mount.push(t1 - t0);
