@@ -1,4 +1,5 @@
 import { chmodSync, existsSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { rmdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import createDebug from 'debug';
 import fse from 'fs-extra';
@@ -503,10 +504,18 @@ export class Snapshotter {
     if (!this.options.asyncRemove) {
       const dir = snapshotDir(this.settings, row.id);
       try {
-        // Hot path: what nothing was written to is a few empty dirs, deleted by rmdir(2) alone.
+        // Hot path: what nothing was written to is a few empty dirs, deleted
+        // by rmdir(2) alone. Each rmdir waits on a discard under its parent's
+        // lock, so `fs` goes on the thread pool while this thread empties
+        // `work` (another parent): the waits overlap.
+        const fsGone = rmdir(`${dir}/fs`).then(
+          () => true,
+          (err: unknown) => errnoOf(err) === 'ENOENT',
+        );
         if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
         fault('remove:mid-delete');
-        if (!removeIfEmpty(dir, ['fs'])) await fse.remove(dir);
+        if (!(await fsGone)) await fse.remove(`${dir}/fs`);
+        if (!removeIfEmpty(dir, [])) await fse.remove(dir);
       } catch (err) {
         // The record is gone, so the dir is an orphan that cleanup() removes.
         debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
@@ -708,7 +717,11 @@ export class Snapshotter {
     }
   }
 
-  /** Closes the metadata store. Every later call fails with UnavailableError; closing twice is fine. */
+  /**
+   * Waits for the last commit's sync, removes the staging dirs made ahead
+   * (lib/staging.ts) and closes the metadata store. Every later call fails
+   * with UnavailableError; closing twice is fine.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -81,9 +81,10 @@ export class StagingPool {
     const dir = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
       await mkdir(dir, 0o700);
-      await mkdir(`${dir}/fs`, 0o755);
-      if (!this.umaskClean) await chmod(`${dir}/fs`, 0o755);
-      await mkdir(`${dir}/work`, 0o711);
+      await Promise.all([
+        mkdir(`${dir}/fs`, 0o755).then(() => (this.umaskClean ? undefined : chmod(`${dir}/fs`, 0o755))),
+        mkdir(`${dir}/work`, 0o711),
+      ]);
     } catch (err) {
       // Not fatal: prepare makes its own staging dir when none is ready.
       debug('cannot make staging dir %s: %s', dir, (err as Error).message);
