@@ -99,7 +99,12 @@ export interface LowerLayer {
 
 /** One overlay option, in the order given. Paths are unescaped. */
 export type OverlayOption =
-  | { kind: 'lowerdir'; layers: LowerLayer[] }
+  | {
+      kind: 'lowerdir';
+      layers: LowerLayer[];
+      /** The value as given when it has no `\` and so is already in escaped form (what mount(2) gets back). */
+      plain?: string;
+    }
   | { kind: 'upperdir' | 'workdir'; path: string }
   | { kind: 'other'; word: string; key: string; value: string | undefined };
 
@@ -239,14 +244,16 @@ export function planOverlay(data: readonly string[], target: string): OverlayPla
   const options: OverlayOption[] = [];
   let lowerdirs: LowerLayer[] | undefined;
   let writable = false;
-  for (const word of data.flatMap(splitOptionWords)) {
+  const words = data.some((w) => w.includes(',')) ? data.flatMap(splitOptionWords) : data;
+  for (const word of words) {
     const eq = word.indexOf('=');
     const key = eq === -1 ? word : word.slice(0, eq);
     const value = eq === -1 ? undefined : word.slice(eq + 1);
     if (key === 'lowerdir') {
       if (lowerdirs !== undefined) throw new InvalidArgumentError(`overlay on ${q(target)} has more than one lowerdir= option: give all lower layers in one, top first`);
       lowerdirs = parseLowerdirs(value ?? '');
-      options.push({ kind: 'lowerdir', layers: lowerdirs });
+      // Without a backslash no layer path has `:`, `,` or `\`: escaping it again would give the value back.
+      options.push(value!.includes('\\') ? { kind: 'lowerdir', layers: lowerdirs } : { kind: 'lowerdir', layers: lowerdirs, plain: value! });
     } else if (key === 'upperdir' || key === 'workdir') {
       if (!value) throw new InvalidArgumentError(`overlay option ${key}= on ${q(target)} is empty`);
       if (key === 'upperdir') writable = true;
@@ -414,6 +421,10 @@ function legacyData(plan: OverlayPlan, name: (path: string) => string): string {
   const words: string[] = [];
   for (const option of plan.options) {
     if (option.kind === 'lowerdir') {
+      if (option.plain !== undefined && name === escapeOverlayPath) {
+        words.push(`lowerdir=${option.plain}`);
+        continue;
+      }
       let value = '';
       option.layers.forEach((layer, i) => {
         if (i > 0) value += layer.data ? '::' : ':';
