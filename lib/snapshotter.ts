@@ -247,7 +247,7 @@ export class Snapshotter {
       },
       Date.now(),
     );
-    await this.store.durable();
+    this.store.durableNow();
     return this.toInfo(rec);
   }
 
@@ -316,8 +316,8 @@ export class Snapshotter {
   private async create(kind: 'active' | 'view', key: string, parent: string | undefined, opts: SnapshotOptions | undefined): Promise<Mount[]> {
     // Hot path: one transaction holding a rename (plus a chown where the
     // parent asks for one); the staging dir comes ready from the pool
-    // (lib/staging.ts), else three mkdirs inside the transaction. The WAL
-    // sync runs on the thread pool while the pool makes the next dir.
+    // (lib/staging.ts), else three mkdirs inside the transaction. The pool's
+    // thread makes the next dir while this one waits for the WAL sync.
     this.ensureOpen();
     checkKey(key, 'key');
     const parentKey = checkParent(parent);
@@ -396,7 +396,7 @@ export class Snapshotter {
       for (const dir of [staging, target]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    await this.store.durable();
+    this.store.durableNow();
     const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
     return buildMounts(this.settings, kind, created.id, created.chain, idmap);
   }
@@ -463,7 +463,7 @@ export class Snapshotter {
     fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
     fault('commit:after-transaction');
-    await this.store.durable();
+    this.store.durableNow();
   }
 
   private missingDir(key: string, path: string): UnavailableError {

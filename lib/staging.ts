@@ -1,18 +1,21 @@
 /**
  * Staging dirs made ahead of time. A new active snapshot is staged as
  * `snapshots/new-*` with `fs` and `work` inside, recorded, then renamed to
- * its id. The three mkdirs cost about as much as the rest of a prepare; the
- * pool makes them on the thread pool while the main thread waits for the
- * previous call's WAL sync, so that a burst of prepares pays for the sync
- * and the rename only.
+ * its id. The three mkdirs cost about as much as the rest of a prepare, so
+ * a helper thread keeps a few dirs ready, in parallel with the main
+ * thread, and hands them over through shared memory: taking one costs no
+ * system call and no turn of the event loop (a thread-pool round trip per
+ * mkdir would cost more than the mkdir).
  *
- * A pool dir is named `new-<pid>.<start>-<uuid>` after the process that
+ * A pool dir is named `new-<pid>.<start>-<uuid>-<n>` after the process that
  * made it (see lib/liveness.ts): while that process runs, the dir is a
  * staging dir in use and cleanup leaves it alone; once the process is gone
  * it is a leftover like any other `new-*` dir, removed by the next open or
- * cleanup. `close()` removes the pool's dirs.
+ * cleanup. `close()` removes the pool's dirs. The thread starts at the
+ * first prepare, never keeps the process alive, and stops at the first
+ * error (prepare then stages its own dirs, as it does while none is ready).
  */
-import { chmod, mkdir, rmdir } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
 import { isAlive, selfTag } from './liveness.js';
@@ -22,14 +25,14 @@ const debug = createDebug('overlay-snapshotter:staging');
 /** Prefix of staging dirs under `<root>/snapshots`; they never count as snapshots. */
 export const STAGING_PREFIX = 'new-';
 
-/** Dirs kept ready: enough for a burst of prepares, each refilled while the next waits for its sync. */
-const POOL_SIZE = 2;
+/** Dirs kept ready: a burst of prepares takes them faster than one thread makes them. */
+const POOL_SIZE = 4;
 
 const OWNED = /^new-([1-9][0-9]*)\.([0-9]+)-/;
 
 /**
  * A predicate telling which entries of `snapshots/` are staging dirs of a
- * live process's pool (memoised per pid: build one per scan).
+ * live process's pool (memoised per owner: build one per scan).
  */
 export function livePoolDirs(): (name: string) => boolean {
   const alive = new Map<string, boolean>();
@@ -46,11 +49,57 @@ export function livePoolDirs(): (name: string) => boolean {
   };
 }
 
-/** Empty active-snapshot staging dirs (`fs` 0755, `work` 0711), made ahead on the thread pool. */
+// Shared counters: dirs made, dirs taken, stop requested. Dir n is `${base}-${n}`.
+const MADE = 0;
+const TAKEN = 1;
+const STOP = 2;
+
+/**
+ * The helper thread: makes dirs while fewer than `size` are ready, sleeps on
+ * the TAKEN counter otherwise; on stop, removes what was not taken. Plain
+ * JavaScript, evaluated, so that it runs the same from lib/ (tsx) and dist/.
+ */
+const WORKER_SOURCE = `
+const { chmodSync, mkdirSync, rmdirSync } = require('node:fs');
+const { workerData } = require('node:worker_threads');
+const { counters, base, size, umaskClean } = workerData;
+const s = new Int32Array(counters);
+const remove = (dir) => {
+  for (const p of [dir + '/work', dir + '/fs', dir]) {
+    try { rmdirSync(p); } catch {}
+  }
+};
+let failed = false;
+while (Atomics.load(s, ${STOP}) === 0) {
+  const made = Atomics.load(s, ${MADE});
+  const taken = Atomics.load(s, ${TAKEN});
+  if (made - taken >= size) {
+    Atomics.wait(s, ${TAKEN}, taken);
+    continue;
+  }
+  const dir = base + '-' + made;
+  try {
+    mkdirSync(dir, 0o700);
+    mkdirSync(dir + '/fs', 0o755);
+    if (!umaskClean) chmodSync(dir + '/fs', 0o755);
+    mkdirSync(dir + '/work', 0o711);
+  } catch (err) {
+    remove(dir);
+    failed = true;
+    require('node:worker_threads').parentPort.postMessage(String(err && err.message));
+    break;
+  }
+  Atomics.store(s, ${MADE}, made + 1);
+}
+for (let n = Atomics.load(s, ${TAKEN}); n < Atomics.load(s, ${MADE}); n++) remove(base + '-' + n);
+`;
+
+/** Empty active-snapshot staging dirs (`fs` 0755, `work` 0711), made ahead by a helper thread. */
 export class StagingPool {
-  private readonly ready: string[] = [];
-  private readonly filling = new Set<Promise<void>>();
-  private closed = false;
+  private readonly counters = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
+  private base: string | undefined;
+  private worker: Worker | null | undefined;
+  private exited: Promise<void> | undefined;
 
   /**
    * @param snapshotsDir `<root>/snapshots`.
@@ -61,55 +110,49 @@ export class StagingPool {
     private readonly umaskClean: boolean,
   ) {}
 
-  /** A ready staging dir, now the caller's, or undefined when none is ready. Starts making the next. */
+  /** A ready staging dir, now the caller's, or undefined when none is ready (the first call starts the thread). */
   take(): string | undefined {
-    const dir = this.ready.pop();
-    this.refill();
-    return dir;
+    if (this.worker === undefined) this.start();
+    if (this.worker === null) return undefined;
+    const s = this.counters;
+    const taken = s[TAKEN]!;
+    if (Atomics.load(s, MADE) === taken) return undefined;
+    Atomics.store(s, TAKEN, taken + 1);
+    Atomics.notify(s, TAKEN);
+    return `${this.base}-${taken}`;
   }
 
-  /** Starts making dirs until {@link POOL_SIZE} are ready or in the making. */
-  private refill(): void {
-    while (!this.closed && this.ready.length + this.filling.size < POOL_SIZE) {
-      const fill = this.make().finally(() => this.filling.delete(fill));
-      this.filling.add(fill);
-    }
-  }
-
-  private async make(): Promise<void> {
+  private start(): void {
     const tag = selfTag();
-    const dir = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
+    this.base = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
-      await mkdir(dir, 0o700);
-      await Promise.all([
-        mkdir(`${dir}/fs`, 0o755).then(() => (this.umaskClean ? undefined : chmod(`${dir}/fs`, 0o755))),
-        mkdir(`${dir}/work`, 0o711),
-      ]);
+      const worker = new Worker(WORKER_SOURCE, {
+        eval: true,
+        execArgv: [],
+        workerData: { counters: this.counters.buffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean },
+      });
+      worker.unref();
+      worker.on('message', (message: string) => debug('staging pool stopped: %s', message));
+      worker.on('error', (err) => debug('staging pool thread failed: %s', err.message));
+      this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+      void this.exited.then(() => {
+        if (this.worker === worker) this.worker = null;
+      });
+      this.worker = worker;
     } catch (err) {
-      // Not fatal: prepare makes its own staging dir when none is ready.
-      debug('cannot make staging dir %s: %s', dir, (err as Error).message);
-      await removeStaging(dir);
-      return;
+      debug('no staging pool thread: %s', (err as Error).message);
+      this.worker = null;
     }
-    if (this.closed) await removeStaging(dir);
-    else this.ready.push(dir);
   }
 
-  /** Stops refilling, waits for dirs in the making, and removes every ready dir. */
+  /** Stops the thread, which removes every dir not taken, and waits for it. */
   async close(): Promise<void> {
-    this.closed = true;
-    await Promise.all(this.filling);
-    await Promise.all(this.ready.splice(0).map(removeStaging));
-  }
-}
-
-/** Removes an unused staging dir (its empty `work` and `fs`, then itself); what is already gone is fine. */
-async function removeStaging(dir: string): Promise<void> {
-  for (const path of [`${dir}/work`, `${dir}/fs`, dir]) {
-    try {
-      await rmdir(path);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'ENOENT') debug('cannot remove staging dir %s: %s', path, (err as Error).message);
-    }
+    const exited = this.exited;
+    // Waited for: it must keep the event loop alive until then.
+    this.worker?.ref();
+    this.worker = null;
+    Atomics.store(this.counters, STOP, 1);
+    Atomics.notify(this.counters, TAKEN);
+    await exited;
   }
 }

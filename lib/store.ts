@@ -12,7 +12,7 @@
  * work inside a transaction (staging a new snapshot) pass a callback that
  * runs while the write lock is held.
  */
-import { closeSync, fdatasync, openSync, readdirSync, statSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync, readdirSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import createDebug from 'debug';
 import koffi from 'koffi';
@@ -447,7 +447,8 @@ export class Store {
    * as one `fdatasync(2)` on the thread pool, so that the caller can do
    * other disk work (deleting a removed snapshot's dirs) while it runs.
    * Commits made while a sync runs share the next one (group commit).
-   * Every mutating call of the snapshotter awaits this before returning.
+   * Every mutating call of the snapshotter awaits this (or calls
+   * {@link durableNow}) before returning.
    * @throws UnavailableError when the sync fails (the disk reported an
    *   I/O error: what was committed may be lost on power failure).
    */
@@ -465,6 +466,29 @@ export class Store {
     return queued;
   }
 
+  /**
+   * {@link durable} on this thread, for calls that have nothing to do
+   * meanwhile: a thread-pool round trip costs more than it would overlap.
+   * @throws UnavailableError when the sync fails.
+   */
+  durableNow(): void {
+    if (this.walFd === undefined) return;
+    // Clean and no sync in flight: everything is on disk. A sync in flight
+    // may not have finished: syncing again here is cheap and certain.
+    if (!this.header!.differsFrom(this.synced) && this.syncing === undefined) return;
+    this.header!.copyTo(this.synced);
+    try {
+      fdatasyncSync(this.walFd);
+    } catch (err) {
+      this.synced.fill(0);
+      throw this.syncError(err as NodeJS.ErrnoException);
+    }
+  }
+
+  private syncError(err: NodeJS.ErrnoException): UnavailableError {
+    return new UnavailableError(`cannot make metadata store ${this.file} durable (${err.code ?? err.message}); check the disk`, { cause: err });
+  }
+
   private afterQueued(): Promise<void> {
     this.queued = undefined;
     return this.durable();
@@ -479,7 +503,7 @@ export class Store {
         if (err === null) return resolve();
         // Not synced after all: the next call tries again.
         this.synced.fill(0);
-        reject(new UnavailableError(`cannot make metadata store ${this.file} durable (${err.code ?? err.message}); check the disk`, { cause: err }));
+        reject(this.syncError(err));
       });
     });
     this.syncing = sync;

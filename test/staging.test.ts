@@ -1,5 +1,5 @@
 /**
- * The staging pool (lib/staging.ts): ready `new-<pid>.<start>-<uuid>` dirs
+ * The staging pool (lib/staging.ts): ready `new-<pid>.<start>-<uuid>-<n>` dirs
  * that a live process owns are never taken for leftovers; those of a dead
  * process are.
  */
@@ -10,7 +10,15 @@ import { Snapshotter } from '../lib/index.js';
 import { processStart } from '../lib/liveness.js';
 import { isOwnPoolDir, removeTree, tempDir } from './helpers/fixtures.js';
 
-const settle = () => new Promise((resolve) => setTimeout(resolve, 30));
+/** Waits (up to 5 s) until the pool's thread has made `n` dirs under `root`. */
+async function poolReady(root: string, n = 1): Promise<string[]> {
+  for (let i = 0; i < 500; i++) {
+    const pool = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir);
+    if (pool.length >= n) return pool;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error('the staging pool made no dirs within 5 s');
+}
 
 function fakeStaging(root: string, name: string): void {
   mkdirSync(`${root}/snapshots/${name}/fs`, { recursive: true });
@@ -47,14 +55,11 @@ test('prepare takes ready dirs from the pool and still works when they were dele
   const sn = await Snapshotter.open(root);
   try {
     await sn.prepare('a');
-    await settle();
-    const pool = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir);
-    assert.ok(pool.length > 0, 'the pool was filled after the first prepare');
+    const pool = await poolReady(root, 4);
     const stamps = new Map(pool.map((name) => [statSync(`${root}/snapshots/${name}`).ino, name]));
     await sn.prepare('b');
     assert.ok(stamps.has(statSync(`${root}/snapshots/2`).ino), 'b\'s dir is a pool dir renamed into place');
-    await settle();
-    for (const name of readdirSync(`${root}/snapshots`).filter(isOwnPoolDir)) rmSync(`${root}/snapshots/${name}`, { recursive: true });
+    for (const name of await poolReady(root, 4)) rmSync(`${root}/snapshots/${name}`, { recursive: true });
     await sn.prepare('c');
     assert.equal(statSync(`${root}/snapshots/3/fs`).mode & 0o777, 0o755);
     assert.equal(statSync(`${root}/snapshots/3/work`).mode & 0o777, 0o711);
@@ -72,12 +77,10 @@ test('a creation that fails its checks leaves the pool as it was, and close remo
   const sn = await Snapshotter.open(root);
   try {
     await sn.prepare('a');
-    await settle();
-    const before = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort();
+    const before = (await poolReady(root, 4)).sort();
     await assert.rejects(sn.prepare('a'), { code: 'ERR_ALREADY_EXISTS' });
     await assert.rejects(sn.prepare('b', 'missing'), { code: 'ERR_NOT_FOUND' });
-    await settle();
-    assert.deepEqual(readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort(), before, 'the same dirs, none leaked or lost');
+    assert.deepEqual(readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort(), before, 'the same dirs, none taken, leaked or lost');
     await sn.close();
     assert.deepEqual(readdirSync(`${root}/snapshots`), ['1']);
   } finally {
