@@ -21,7 +21,7 @@ try {
   // Not ext4: the Orlov hint does not apply.
 }
 
-const du = () => Number(execFileSync('du', ['-s', '-B1', join(root, 'snapshots')], { encoding: 'utf8' }).split('\t')[0]);
+const du = () => Number(execFileSync('du', ['-s', '-B1', '--exclude=new-*', join(root, 'snapshots')], { encoding: 'utf8' }).split('\t')[0]);
 
 try {
   const sn = await Snapshotter.open(root, { durableLayers: false });

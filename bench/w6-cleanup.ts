@@ -12,7 +12,7 @@ import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, r
 const DATA = Buffer.alloc(4096, 0x63);
 
 function bytes(dir: string): number {
-  return Number(execFileSync('du', ['-s', '-B1', dir], { encoding: 'utf8' }).split('\t')[0]);
+  return Number(execFileSync('du', ['-s', '-B1', '--exclude=new-*', dir], { encoding: 'utf8' }).split('\t')[0]);
 }
 
 export default async function w6(ctx: Context): Promise<WorkloadResult> {

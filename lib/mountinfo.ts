@@ -7,7 +7,8 @@
  * bind mount's source is inside it, or when an overlay names it as a
  * lowerdir, upperdir or workdir.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { openSync, readFileSync, statSync } from 'node:fs';
+import { libc } from './libc.js';
 
 interface MountEntry {
   /** major:minor of the mounted filesystem. */
@@ -46,6 +47,41 @@ function deviceOf(path: string): string {
   return `${Math.floor(st.dev / 256) & 0xfff}:${(st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)}`;
 }
 
+type Poll = (fds: Int16Array, nfds: number, timeout: number) => number;
+
+/**
+ * The mount table's text, read again only when it changed. The kernel
+ * flags a descriptor of /proc/self/mountinfo for POLLPRI after any mount or
+ * unmount in its namespace since the last poll, so one poll(2) with no
+ * timeout (about a microsecond) replaces reading and decoding a file that
+ * holds hundreds of lines on a busy host. `null` once polling is unavailable
+ * (then every call reads).
+ */
+let watch: { fd: number; poll: Poll; fds: Int16Array; text: string | undefined } | null | undefined;
+
+function mountTableText(): string {
+  if (watch === undefined) {
+    try {
+      const fd = openSync('/proc/self/mountinfo', 'r');
+      // struct pollfd { int fd; short events; short revents; }, as shorts: fd in [0..1], events [2], revents [3].
+      const fds = new Int16Array(4);
+      new Int32Array(fds.buffer, 0, 1)[0] = fd;
+      fds[2] = 0x2; // POLLPRI
+      watch = { fd, poll: libc().func('int poll(_Inout_ int16_t *fds, unsigned long nfds, int timeout)') as Poll, fds, text: undefined };
+    } catch {
+      watch = null;
+    }
+  }
+  if (watch === null) return readFileSync('/proc/self/mountinfo', 'utf8');
+  watch.fds[3] = 0;
+  const ready = watch.poll(watch.fds, 1, 0);
+  if (ready < 0 || (watch.fds[3]! & (0x2 | 0x8)) !== 0 || watch.text === undefined) {
+    // Changed (POLLPRI|POLLERR), first call, or poll failed: read it afresh.
+    watch.text = readFileSync('/proc/self/mountinfo', 'utf8');
+  }
+  return watch.text;
+}
+
 /**
  * Maps snapshot ids under `snapshotsDir` to the mount points that use them.
  * Reads the mount table once. With `only`, answers for that id alone, and
@@ -54,7 +90,7 @@ function deviceOf(path: string): string {
  */
 export function snapshotMounts(snapshotsDir: string, only?: number): Map<number, string[]> {
   const users = new Map<number, string[]>();
-  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  const text = mountTableText();
   if (only !== undefined && !text.includes(`/${only}`)) return users;
   const table = readMountTable(text);
   const prefix = `${snapshotsDir}/`;
