@@ -497,29 +497,31 @@ export class Snapshotter {
       }
     });
     fault('remove:after-record');
+    if (this.options.asyncRemove) {
+      this.store.durableNow();
+      return;
+    }
     // semantics.md deletes the dir once the transaction has committed, not
     // once it is synced: the deletion runs while the WAL sync does.
     const durable = this.store.durable();
     durable.catch(() => {}); // awaited below
-    if (!this.options.asyncRemove) {
-      const dir = snapshotDir(this.settings, row.id);
-      try {
-        // Hot path: what nothing was written to is a few empty dirs, deleted
-        // by rmdir(2) alone. Each rmdir waits on a discard under its parent's
-        // lock, so `fs` goes on the thread pool while this thread empties
-        // `work` (another parent): the waits overlap.
-        const fsGone = rmdir(`${dir}/fs`).then(
-          () => true,
-          (err: unknown) => errnoOf(err) === 'ENOENT',
-        );
-        if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
-        fault('remove:mid-delete');
-        if (!(await fsGone)) await fse.remove(`${dir}/fs`);
-        if (!removeIfEmpty(dir, [])) await fse.remove(dir);
-      } catch (err) {
-        // The record is gone, so the dir is an orphan that cleanup() removes.
-        debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
-      }
+    const dir = snapshotDir(this.settings, row.id);
+    try {
+      // Hot path: what nothing was written to is a few empty dirs, deleted
+      // by rmdir(2) alone. Each rmdir waits on a discard under its parent's
+      // lock, so `fs` goes on the thread pool while this thread empties
+      // `work` (another parent): the waits overlap.
+      const fsGone = rmdir(`${dir}/fs`).then(
+        () => true,
+        (err: unknown) => errnoOf(err) === 'ENOENT',
+      );
+      if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
+      fault('remove:mid-delete');
+      if (!(await fsGone)) await fse.remove(`${dir}/fs`);
+      if (!removeIfEmpty(dir, [])) await fse.remove(dir);
+    } catch (err) {
+      // The record is gone, so the dir is an orphan that cleanup() removes.
+      debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
     }
     await durable;
   }
