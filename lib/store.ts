@@ -4,9 +4,10 @@
  * transaction; readers never block writers). Every mutating call of the
  * snapshotter is durable when it returns: SQLite runs with
  * `synchronous=NORMAL` (the WAL is synced around checkpoints) and
- * {@link Store.durable} syncs the WAL after commits, on the thread pool, which
- * together is what `synchronous=FULL` does, minus the wait on the main
- * thread (see {@link Store.durable}).
+ * {@link Store.durableNow} or {@link Store.durable} syncs the WAL after
+ * commits, which together is what `synchronous=FULL` does; the second runs
+ * the sync on the thread pool, so that a caller can delete directories
+ * meanwhile.
  *
  * The store knows no paths and no kernel: callers that must do directory
  * work inside a transaction (staging a new snapshot) pass a callback that
