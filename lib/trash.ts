@@ -45,9 +45,12 @@ interface Bucket {
  * are gone.
  */
 export class Trash {
+  /** Shared buckets, made at their first claim. */
   private readonly buckets: Bucket[] = [];
-  private readonly loose: string[] = [];
-  private readonly count: number;
+  /** Trees claimed on their own (few trees, or earlier claims). */
+  private readonly loose: Bucket[] = [];
+  /** How many shared buckets (at least 8 trees each); 0 when few trees are expected. */
+  private readonly bucketCount: number;
   private next = 0;
 
   /** @param expected how many trees will be claimed, at most (sizes the buckets). */
@@ -55,7 +58,7 @@ export class Trash {
     private readonly parent: string,
     expected: number,
   ) {
-    this.count = expected < FEW ? 0 : Math.min(MAX_BUCKETS, Math.ceil(expected / 8));
+    this.bucketCount = expected < FEW ? 0 : Math.min(MAX_BUCKETS, Math.ceil(expected / 8));
   }
 
   /**
@@ -64,36 +67,34 @@ export class Trash {
    */
   claim(name: string): boolean {
     const from = `${this.parent}/${name}`;
+    let bucket: Bucket | undefined;
     let to: string;
-    if (this.count === 0) {
+    if (this.bucketCount === 0) {
       to = `${this.parent}/${TRASH_PREFIX}${uuidv4()}`;
     } else {
-      const i = this.next++ % this.count;
-      let bucket = this.buckets[i];
+      const i = this.next++ % this.bucketCount;
+      bucket = this.buckets[i];
       if (bucket === undefined) {
         bucket = { dir: `${this.parent}/${TRASH_PREFIX}${uuidv4()}`, trees: [] };
         mkdirSync(bucket.dir, 0o700);
         this.buckets[i] = bucket;
       }
       to = `${bucket.dir}/${name}`;
-      bucket.trees.push(from);
     }
     try {
       renameSync(from, to);
     } catch (err) {
-      if ((err as { code?: string }).code === 'ENOENT') {
-        if (this.count !== 0) this.buckets[(this.next - 1) % this.count]!.trees.pop();
-        return false;
-      }
+      if ((err as { code?: string }).code === 'ENOENT') return false;
       throw err;
     }
-    if (this.count === 0) this.loose.push(to);
+    if (bucket === undefined) this.loose.push({ dir: to, trees: [from] });
+    else bucket.trees.push(from);
     return true;
   }
 
   /** Adds an earlier claim (an `rm-*` entry left by an interrupted sweep) to delete along. */
   adopt(name: string): void {
-    this.loose.push(`${this.parent}/${name}`);
+    this.loose.push({ dir: `${this.parent}/${name}`, trees: [`${this.parent}/${name}`] });
   }
 
   /**
@@ -102,8 +103,7 @@ export class Trash {
    * original path of each claimed tree once it is gone.
    */
   async empty(point: FaultPoint, done?: (tree: string) => void): Promise<void> {
-    const jobs: Bucket[] = [...this.loose.map((dir) => ({ dir, trees: [dir] })), ...this.buckets.filter((b) => b !== undefined)];
-    await deleteAll(jobs, point, done);
+    await deleteAll([...this.loose, ...this.buckets.filter((b) => b !== undefined)], point, done);
   }
 }
 
