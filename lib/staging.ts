@@ -12,8 +12,9 @@
  * staging dir in use and cleanup leaves it alone; once the process is gone
  * it is a leftover like any other `new-*` dir, removed by the next open or
  * cleanup. `close()` removes the pool's dirs. The thread starts at the
- * first prepare, never keeps the process alive, and stops at the first
- * error (prepare then stages its own dirs, as it does while none is ready).
+ * first prepare, never keeps the process alive, and makes no more dirs after
+ * its first error (prepare then stages its own, as it does while none is
+ * ready).
  */
 import { Worker } from 'node:worker_threads';
 import createDebug from 'debug';
@@ -56,12 +57,13 @@ const STOP = 2;
 
 /**
  * The helper thread: makes dirs while fewer than `size` are ready, sleeps on
- * the TAKEN counter otherwise; on stop, removes what was not taken. Plain
+ * the TAKEN counter otherwise; on stop, removes what was not taken. After
+ * its first error it makes no more (prepare stages its own). Plain
  * JavaScript, evaluated, so that it runs the same from lib/ (tsx) and dist/.
  */
 const WORKER_SOURCE = `
 const { chmodSync, mkdirSync, rmdirSync } = require('node:fs');
-const { workerData } = require('node:worker_threads');
+const { parentPort, workerData } = require('node:worker_threads');
 const { counters, base, size, umaskClean } = workerData;
 const s = new Int32Array(counters);
 const remove = (dir) => {
@@ -69,11 +71,12 @@ const remove = (dir) => {
     try { rmdirSync(p); } catch {}
   }
 };
-let failed = false;
+// After a failure the dirs already made stay on offer; nothing more is made.
+let broken = false;
 while (Atomics.load(s, ${STOP}) === 0) {
   const made = Atomics.load(s, ${MADE});
   const taken = Atomics.load(s, ${TAKEN});
-  if (made - taken >= size) {
+  if (broken || made - taken >= size) {
     Atomics.wait(s, ${TAKEN}, taken);
     continue;
   }
@@ -85,9 +88,9 @@ while (Atomics.load(s, ${STOP}) === 0) {
     mkdirSync(dir + '/work', 0o711);
   } catch (err) {
     remove(dir);
-    failed = true;
-    require('node:worker_threads').parentPort.postMessage(String(err && err.message));
-    break;
+    broken = true;
+    parentPort.postMessage(String(err && err.message));
+    continue;
   }
   Atomics.store(s, ${MADE}, made + 1);
 }
@@ -132,7 +135,7 @@ export class StagingPool {
         workerData: { counters: this.counters.buffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean },
       });
       worker.unref();
-      worker.on('message', (message: string) => debug('staging pool stopped: %s', message));
+      worker.on('message', (message: string) => debug('staging pool makes no more dirs: %s', message));
       worker.on('error', (err) => debug('staging pool thread failed: %s', err.message));
       this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
       void this.exited.then(() => {

@@ -4,7 +4,7 @@
  * process are.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { Snapshotter } from '../lib/index.js';
 import { processStart } from '../lib/liveness.js';
@@ -83,6 +83,29 @@ test('a creation that fails its checks leaves the pool as it was, and close remo
     assert.deepEqual(readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort(), before, 'the same dirs, none taken, leaked or lost');
     await sn.close();
     assert.deepEqual(readdirSync(`${root}/snapshots`), ['1']);
+  } finally {
+    await sn.close();
+    await removeTree(top);
+  }
+});
+
+test('when the pool\'s thread cannot make a dir, prepare stages its own and the dirs already made are still used', async () => {
+  const top = tempDir();
+  const root = `${top}/root`;
+  const sn = await Snapshotter.open(root);
+  try {
+    await sn.prepare('a');
+    const pool = (await poolReady(root, 4)).sort((x, y) => Number(x.split('-').at(-1)) - Number(y.split('-').at(-1)));
+    const last = pool.at(-1)!;
+    const next = `${last.slice(0, last.lastIndexOf('-'))}-${Number(last.split('-').at(-1)) + 1}`;
+    const ready = new Set(pool.map((name) => statSync(`${root}/snapshots/${name}`).ino));
+    writeFileSync(`${root}/snapshots/${next}`, 'in the way');
+    for (let i = 0; i < 8; i++) await sn.prepare(`c${i}`);
+    for (let id = 2; id <= 5; id++) assert.ok(ready.has(statSync(`${root}/snapshots/${id}`).ino), `snapshot ${id} got a dir made before the failure`);
+    const left = readdirSync(`${root}/snapshots`).filter(isOwnPoolDir);
+    assert.deepEqual(left, [next], 'no more dirs were made after the failure');
+    for (let id = 2; id <= 9; id++) assert.equal(statSync(`${root}/snapshots/${id}/work`).mode & 0o777, 0o711);
+    rmSync(`${root}/snapshots/${next}`);
   } finally {
     await sn.close();
     await removeTree(top);
