@@ -55,7 +55,10 @@ type Poll = (fds: Int16Array, nfds: number, timeout: number) => number;
  * unmount in its namespace since the last poll, so one poll(2) with no
  * timeout (about a microsecond) replaces reading and decoding a file that
  * holds hundreds of lines on a busy host. `null` once polling is unavailable
- * (then every call reads).
+ * (then every call reads). The descriptor watches the mount namespace the
+ * process had at its first call; one that moves to another namespace
+ * afterwards (setns(2) in the same process) would see its changes only
+ * after the next change in the first.
  */
 let watch: { fd: number; poll: Poll; fds: Int16Array; text: string | undefined } | null | undefined;
 
