@@ -7,7 +7,7 @@
  * bind mount's source is inside it, or when an overlay names it as a
  * lowerdir, upperdir or workdir.
  */
-import { openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { libc } from './libc.js';
 
 interface MountEntry {
@@ -55,14 +55,23 @@ type Poll = (fds: Int16Array, nfds: number, timeout: number) => number;
  * unmount in its namespace since the last poll, so one poll(2) with no
  * timeout (about a microsecond) replaces reading and decoding a file that
  * holds hundreds of lines on a busy host. `null` once polling is unavailable
- * (then every call reads). The descriptor watches the mount namespace the
- * process had at its first call; one that moves to another namespace
- * afterwards (setns(2) in the same process) would see its changes only
- * after the next change in the first.
+ * (then every call reads). A descriptor watches the mount namespace it was
+ * opened in, so a process that moved to another one (setns(2)) gets a new
+ * descriptor: one readlink per call.
  */
-let watch: { fd: number; poll: Poll; fds: Int16Array; text: string | undefined } | null | undefined;
+let watch: { fd: number; ns: string; poll: Poll; fds: Int16Array; text: string | undefined } | null | undefined;
 
 function mountTableText(): string {
+  let ns: string | undefined;
+  try {
+    ns = readlinkSync('/proc/self/ns/mnt');
+  } catch {
+    return readFileSync('/proc/self/mountinfo', 'utf8');
+  }
+  if (watch !== undefined && watch !== null && watch.ns !== ns) {
+    closeSync(watch.fd);
+    watch = undefined;
+  }
   if (watch === undefined) {
     try {
       const fd = openSync('/proc/self/mountinfo', 'r');
@@ -70,7 +79,7 @@ function mountTableText(): string {
       const fds = new Int16Array(4);
       new Int32Array(fds.buffer, 0, 1)[0] = fd;
       fds[2] = 0x2; // POLLPRI
-      watch = { fd, poll: libc().func('int poll(_Inout_ int16_t *fds, unsigned long nfds, int timeout)') as Poll, fds, text: undefined };
+      watch = { fd, ns, poll: libc().func('int poll(_Inout_ int16_t *fds, unsigned long nfds, int timeout)') as Poll, fds, text: undefined };
     } catch {
       watch = null;
     }
