@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import { sharedWorker } from './shared-worker.js';
 
 /** Streams up to this size are hashed on the calling thread. */
 const INLINE_LIMIT = 8 * 1024 * 1024;
@@ -58,7 +58,6 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
-let worker: Worker | undefined;
 /** Staging buffers back from the worker, for reuse: fresh memory costs a page fault per 4 KiB. */
 const spare: ArrayBuffer[] = [];
 const SPARE_MAX = 16;
@@ -66,10 +65,10 @@ let nextId = 1;
 let active = 0;
 const pending = new Map<number, Pending>();
 
-function hashWorker(): Worker {
-  if (worker) return worker;
-  const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
-  w.on('message', (m: { id: number; digest: string; ab?: ArrayBuffer }) => {
+const hashWorker = sharedWorker<{ id: number; digest: string; ab?: ArrayBuffer }>(
+  'hash',
+  WORKER_SOURCE,
+  (m) => {
     if (m.ab) {
       if (spare.length < SPARE_MAX) spare.push(m.ab);
       return;
@@ -78,18 +77,12 @@ function hashWorker(): Worker {
     if (!p) return;
     pending.delete(m.id);
     p.resolve(m.digest);
-  });
-  const fail = (err: unknown): void => {
-    if (worker === w) worker = undefined;
+  },
+  (err) => {
     for (const p of pending.values()) p.reject(err);
     pending.clear();
-  };
-  w.on('error', fail);
-  w.on('exit', (code) => fail(new Error(`layer hash worker exited with code ${code}`)));
-  w.unref();
-  worker = w;
-  return w;
-}
+  },
+);
 
 function fresh(): Buffer {
   const ab = spare.pop();

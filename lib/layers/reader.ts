@@ -16,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import { sharedWorker } from './shared-worker.js';
 import { useWorker } from './hash.js';
 
 /** Where a part of one file's body goes: `len` bytes from `fileOff` of `path`, at `bufOff` in the batch. */
@@ -154,33 +154,26 @@ interface Waiting {
   reject: (err: unknown) => void;
 }
 
-let worker: Worker | undefined;
 let nextId = 1;
 let active = 0;
 /** Keyed by `${id}:${seq}`. */
 const waiting = new Map<string, Waiting>();
 
-function readerWorker(): Worker {
-  if (worker) return worker;
-  const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
-  w.on('message', (m: { id: number; seq: number; failure?: FillFailure; digest?: string }) => {
+const readerWorker = sharedWorker<{ id: number; seq: number; failure?: FillFailure; digest?: string }>(
+  'reader',
+  WORKER_SOURCE,
+  (m) => {
     const key = `${m.id}:${m.seq}`;
     const p = waiting.get(key);
     if (!p) return;
     waiting.delete(key);
     p.resolve(m);
-  });
-  const fail = (err: unknown): void => {
-    if (worker === w) worker = undefined;
+  },
+  (err) => {
     for (const p of waiting.values()) p.reject(err);
     waiting.clear();
-  };
-  w.on('error', fail);
-  w.on('exit', (code) => fail(new Error(`layer reader worker exited with code ${code}`)));
-  w.unref();
-  worker = w;
-  return w;
-}
+  },
+);
 
 class WorkerReader implements BatchReader {
   private readonly id = nextId++;

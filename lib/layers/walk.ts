@@ -13,7 +13,7 @@
  * so the same entries, the same xattrs, and a failure at the same place.
  */
 import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
+import { sharedWorker } from './shared-worker.js';
 import { FailedPreconditionError, q } from '../errors.js';
 import { syscallError } from '../libc.js';
 import { useWorker } from './hash.js';
@@ -329,25 +329,19 @@ parentPort.on('message', (m) => {
 });
 `;
 
-let worker: Worker | undefined;
 let nextId = 1;
 let active = 0;
 const walks = new Map<number, WorkerWalk>();
 
-function walkWorker(): Worker {
-  if (worker) return worker;
-  const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { koffi: requireCjs.resolve('koffi') } });
-  w.on('message', (m: WalkChunk & { id: number }) => walks.get(m.id)?.arrive(m));
-  const fail = (err: unknown): void => {
-    if (worker === w) worker = undefined;
+const walkWorker = sharedWorker<WalkChunk & { id: number }>(
+  'walk',
+  WORKER_SOURCE,
+  (m) => walks.get(m.id)?.arrive(m),
+  (err) => {
     for (const walk of walks.values()) walk.fail(err);
-  };
-  w.on('error', fail);
-  w.on('exit', (code) => fail(new Error(`layer walk worker exited with code ${code}`)));
-  w.unref();
-  worker = w;
-  return w;
-}
+  },
+  { workerData: { koffi: requireCjs.resolve('koffi') } },
+);
 
 /** The walk in the worker, {@link AHEAD} chunks asked for ahead of the one taken. */
 class WorkerWalk implements Walk {
