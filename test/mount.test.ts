@@ -672,6 +672,13 @@ describe('long overlay chains', mountTestOptions(), () => {
   const lowerdir = (n: number) =>
     `lowerdir=${Array.from({ length: n }, (_, k) => layer(n - k)).join(':')}`;
   let nextId = 2000000;
+  /** A new snapshot-like upper and work dir under the long root, and a mount target. */
+  const freshOverlayDirs = () => {
+    const id = ++nextId;
+    const dirs = { upper: join(root, 'snapshots', String(id), 'fs'), work: join(root, 'snapshots', String(id), 'work'), target: join(root, `mnt-${id}`) };
+    mkdirs(dirs.upper, dirs.work, dirs.target);
+    return dirs;
+  };
 
   before(() => {
     top = fs.realpathSync(fs.mkdtempSync(join(tmpdir(), 'ovl-mount-chain-')));
@@ -692,11 +699,7 @@ describe('long overlay chains', mountTestOptions(), () => {
   for (const n of [128, MAX_LOWER_LAYERS]) {
     for (const strategy of STRATEGIES) {
       test(`${n} layers (${strategy}): the merged view equals the flat reference and writes land in the upper`, async () => {
-        const id = ++nextId;
-        const upper = join(root, 'snapshots', String(id), 'fs');
-        const work = join(root, 'snapshots', String(id), 'work');
-        const target = join(root, `mnt-${id}`);
-        mkdirs(upper, work, target);
+        const { upper, work, target } = freshOverlayDirs();
         const cwd = process.cwd();
         try {
           await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, lowerdir(n), 'index=off'] }], target, { strategy });
@@ -728,11 +731,7 @@ describe('long overlay chains', mountTestOptions(), () => {
 
   test('128 layers under auto go through the mount API where the kernel has it, else mount(2) with stripped paths', async () => {
     const saved = process.env[STRATEGY_ENV];
-    const id = ++nextId;
-    const upper = join(root, 'snapshots', String(id), 'fs');
-    const work = join(root, 'snapshots', String(id), 'work');
-    const target = join(root, `mnt-${id}`);
-    mkdirs(upper, work, target);
+    const { upper, work, target } = freshOverlayDirs();
     try {
       delete process.env[STRATEGY_ENV];
       await mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, lowerdir(128), 'index=off'] }], target);
@@ -749,11 +748,7 @@ describe('long overlay chains', mountTestOptions(), () => {
 
   for (const strategy of STRATEGIES) {
     test(`501 layers (${strategy}) is InvalidArgumentError naming the limit 500 and the depth, and nothing is mounted`, async () => {
-      const id = ++nextId;
-      const upper = join(root, 'snapshots', String(id), 'fs');
-      const work = join(root, 'snapshots', String(id), 'work');
-      const target = join(root, `mnt-${id}`);
-      mkdirs(upper, work, target);
+      const { upper, work, target } = freshOverlayDirs();
       try {
         await assert.rejects(
           mountAll([{ type: 'overlay', source: 'overlay', options: [`workdir=${work}`, `upperdir=${upper}`, lowerdir(MAX_LOWER_LAYERS + 1)] }], target, { strategy }),
