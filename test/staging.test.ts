@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } f
 import { test } from 'node:test';
 import { Snapshotter } from '../lib/index.js';
 import { processStart } from '../lib/liveness.js';
-import { isOwnPoolDir, removeTree, tempDir } from './helpers/fixtures.js';
+import { isOwnPoolDir, removeTree, tempDir, withSnapshotter } from './helpers/fixtures.js';
 
 /** Waits (up to 5 s) until the pool's thread has made `n` dirs under `root`. */
 async function poolReady(root: string, n = 1): Promise<string[]> {
@@ -72,10 +72,7 @@ test('prepare takes ready dirs from the pool and still works when they were dele
 });
 
 test('a creation that fails its checks leaves the pool as it was, and close removes the pool', async () => {
-  const top = tempDir();
-  const root = `${top}/root`;
-  const sn = await Snapshotter.open(root);
-  try {
+  await withSnapshotter({}, async (sn, root) => {
     await sn.prepare('a');
     const before = (await poolReady(root, 4)).sort();
     await assert.rejects(sn.prepare('a'), { code: 'ERR_ALREADY_EXISTS' });
@@ -83,17 +80,11 @@ test('a creation that fails its checks leaves the pool as it was, and close remo
     assert.deepEqual(readdirSync(`${root}/snapshots`).filter(isOwnPoolDir).sort(), before, 'the same dirs, none taken, leaked or lost');
     await sn.close();
     assert.deepEqual(readdirSync(`${root}/snapshots`), ['1']);
-  } finally {
-    await sn.close();
-    await removeTree(top);
-  }
+  });
 });
 
 test('when the pool\'s thread cannot make a dir, prepare stages its own and the dirs already made are still used', async () => {
-  const top = tempDir();
-  const root = `${top}/root`;
-  const sn = await Snapshotter.open(root);
-  try {
+  await withSnapshotter({}, async (sn, root) => {
     await sn.prepare('a');
     const pool = (await poolReady(root, 4)).sort((x, y) => Number(x.split('-').at(-1)) - Number(y.split('-').at(-1)));
     const last = pool.at(-1)!;
@@ -106,8 +97,5 @@ test('when the pool\'s thread cannot make a dir, prepare stages its own and the 
     assert.deepEqual(left, [next], 'no more dirs were made after the failure');
     for (let id = 2; id <= 9; id++) assert.equal(statSync(`${root}/snapshots/${id}/work`).mode & 0o777, 0o711);
     rmSync(`${root}/snapshots/${next}`);
-  } finally {
-    await sn.close();
-    await removeTree(top);
-  }
+  });
 });
