@@ -1,7 +1,7 @@
 /**
  * Layer apply/diff throughput against GNU tar, on the same data in the same run.
  *
- *   npx tsx bench/layers.ts [--quick] [--json FILE] [--dir DIR] [--keep]
+ *   npx tsx bench/layers.ts [--quick] [--json FILE] [--dir DIR] [--keep] [--set big|small]
  *
  * Two data sets: "big" (1 GiB in 10,000 files) and "small" (50,000 files of
  * 0-4 KiB); --quick scales both down tenfold. For each:
@@ -31,6 +31,10 @@ const jsonFile = jsonIdx >= 0 ? args[jsonIdx + 1] : undefined;
 const dirIdx = args.indexOf('--dir');
 const baseDir = dirIdx >= 0 ? args[dirIdx + 1]! : (process.env.TMPDIR ?? tmpdir());
 const runs = 3;
+const onlyIdx = args.indexOf('--set');
+/** `big` or `small`: run that data set alone. */
+const only = onlyIdx >= 0 ? args[onlyIdx + 1] : undefined;
+if (only !== undefined && only !== 'big' && only !== 'small') throw new Error(`--set takes big or small, not ${only}`);
 
 interface DataSet {
   name: string;
@@ -102,6 +106,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   try {
     for (const [setIndex, set] of sets.entries()) {
+      if (only !== undefined && !set.name.startsWith(only)) continue;
       process.stderr.write(`${set.name}\n`);
       // Each set in its own dir, and nothing deleted before the end: on ext4, creating files soon
       // after a big delete walks the recently freed inodes (recently_deleted() in the inode

@@ -26,7 +26,6 @@ import { StreamHash } from './hash.js';
 import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
 import { OPAQUE_MARKER, abs, joinRel } from './paths.js';
-import { splitdev } from './sys.js';
 import { KIND, NUMS, type Walk, type WalkChunk, walk, walkError } from './walk.js';
 
 /** Options of {@link diffLayer}. */
@@ -177,6 +176,22 @@ class Differ {
     this.size += bytes.length;
   }
 
+  /** Copies a body the walk read (`size` bytes from `at` in `data`) and its padding into the output. */
+  private copy(data: ArrayBuffer, at: number, size: number): void {
+    const src = new Uint8Array(data);
+    let off = 0;
+    while (off < size) {
+      const b = this.cur;
+      const n = Math.min(BATCH - b.used, size - off);
+      b.buf.set(src.subarray(at + off, at + off + n), b.used);
+      b.used += n;
+      off += n;
+      if (b.used === BATCH) this.seal();
+    }
+    this.size += size;
+    this.pad(size);
+  }
+
   /** Writes `n` zero bytes (batches are reused, so not zero to begin with). */
   private zeros(n: number): void {
     this.size += n;
@@ -324,6 +339,7 @@ class Differ {
             this.done = true;
             return;
           }
+          if (chunk) this.walk.recycle(chunk);
           chunk = this.walk.take();
           if (!chunk) {
             if (this.queue.length > 0) return;
@@ -391,7 +407,13 @@ class Differ {
         header.type = 'file';
         header.size = size;
         this.add(header, list);
-        this.body(abs(this.root, rel), rel, size);
+        const at = nums[k + 7]!;
+        if (at >= 0) {
+          // Read by the walk: copied in place of a hole.
+          this.copy(chunk.data!, at, size);
+        } else {
+          this.body(abs(this.root, rel), rel, size);
+        }
         return;
       }
       case KIND.symlink:
@@ -402,9 +424,8 @@ class Differ {
       case KIND.characterDevice:
       case KIND.blockDevice: {
         header.type = kind === KIND.characterDevice ? 'character-device' : 'block-device';
-        const { major, minor } = splitdev(nums[k + 5]!);
-        header.devmajor = major;
-        header.devminor = minor;
+        header.devmajor = nums[k + 5]!;
+        header.devminor = nums[k + 6]!;
         this.add(header, list);
         return;
       }
@@ -419,7 +440,7 @@ class Differ {
 /** The error for a batch the reader could not fill. */
 function readFailure(batch: Batch, f: FillFailure): Error {
   const rel = batch.rels[f.index] ?? '';
-  if (f.shrank) return new FailedPreconditionError(`${q(rel)} shrank while being diffed`);
+  if (f.shrank) return new FailedPreconditionError(`${q(rel)} shrank while being diffed: diff an active that nothing is writing to`);
   const err: NodeJS.ErrnoException = new Error(f.message ?? `cannot read ${q(rel)}`);
   if (f.code !== undefined) err.code = f.code;
   if (f.errno !== undefined) err.errno = f.errno;
@@ -428,16 +449,6 @@ function readFailure(batch: Batch, f: FillFailure): Error {
   return err;
 }
 
-/**
- * Writes the changes held in `target.upper` as a layer tar to `out` (which
- * is ended when done) and returns the digests: `digest`/`size` of the
- * uncompressed tar (the diffID) and `compressedDigest`/`compressedSize` of
- * what was written. With no lowers, the whole tree is the layer.
- *
- * `target.lowers` is not read: an overlay upper is already the change set.
- * The upper must not change while this runs (diff an active that is not
- * mounted, or whose container is stopped).
- */
 /**
  * Writes the changes held in `target.upper` as a layer tar to `out` (which
  * is ended when done) and returns the digests: `digest`/`size` of the

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/errors.js';
@@ -221,6 +221,85 @@ describe('diffLayer', mountTestOptions(), () => {
         const listed = execFileSync('tar', ['-tf', '-'], { input: inline.bytes }).toString().trim().split('\n');
         assert.deepEqual(listed.slice(0, 9), ['a/', 'a/.wh..wh..opq', 'a/.wh..wh.gone', 'a/bin', 'a/hard', 'a/ln', 'a/null', 'a/pipe', 'many/']);
         assert.equal(listed.length, 9 + many.length);
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
+  test('bodies read by the walk (up to 64 KiB, chunks cut short by their size) and by the reader come out byte for byte, in the worker and inline', () =>
+    withDirs(async (top) => {
+      const dir = join(top, 'tree');
+      const body = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed * 7) & 0xff));
+      const sizes = [0, 1, 511, 512, 65_535, 65_536, 65_537, 3 * 1024 * 1024 + 5];
+      buildTree(dir, [
+        { path: 'edge', type: 'dir' },
+        { path: 'many', type: 'dir' },
+        ...sizes.map((n, i) => ({ path: `edge/s${n}`, type: 'file' as const, content: body(n, i) })),
+        // 60 KiB each: a chunk's data buffer holds 17 of them, so these span several chunks.
+        ...Array.from({ length: 40 }, (_, i) => ({ path: `many/m${String(i).padStart(2, '0')}`, type: 'file' as const, content: body(60_000, 100 + i) })),
+      ]);
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
+        const viaWorker = await diffToBuffer(dir, []);
+        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
+        const inline = await diffToBuffer(dir, []);
+        assert.deepEqual(viaWorker.bytes, inline.bytes);
+        assert.equal(inline.res.digest, sha256(inline.bytes));
+        const back = join(top, 'back');
+        mkdirSync(back);
+        execFileSync('tar', ['-xf', '-', '-C', back], { input: inline.bytes });
+        for (const [i, n] of sizes.entries()) assert.deepEqual(readFileSync(join(back, 'edge', `s${n}`)), body(n, i), `edge/s${n}`);
+        for (let i = 0; i < 40; i++) assert.deepEqual(readFileSync(join(back, 'many', `m${String(i).padStart(2, '0')}`)), body(60_000, 100 + i), `many/m${i}`);
+      } finally {
+        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+      }
+    }));
+
+  test('no descriptor stays open after a diff that succeeds, one the walk fails deep in the tree, or one whose output fails', () =>
+    withDirs(async (top) => {
+      const good = join(top, 'good');
+      buildTree(good, [
+        ...Array.from({ length: 30 }, (_, i) => ({ path: `d${i}`, type: 'dir' as const })),
+        ...Array.from({ length: 3000 }, (_, i) => ({ path: `d${i % 30}/f${i}`, type: 'file' as const, content: 'x'.repeat(i % 900) })),
+      ]);
+      const bad = join(top, 'bad');
+      buildTree(bad, [
+        { path: 'a', type: 'dir' },
+        { path: 'a/b', type: 'dir' },
+        { path: 'a/b/c', type: 'dir' },
+        { path: 'a/b/c/early', type: 'file', content: 'fine' },
+        { path: 'a/b/c/moved', type: 'dir', xattrs: { 'trusted.overlay.redirect': '/elsewhere' } },
+        { path: 'a/b/c/moved/x', type: 'file', content: 'x' },
+        { path: 'a/z', type: 'file', content: 'z' },
+      ]);
+      const openFds = (): number => readdirSync('/proc/self/fd').length;
+      // Settles once a worker has handled what it was sent (the walk worker closes what a closed walk had open).
+      const settle = async (want: number): Promise<number> => {
+        for (let i = 0; i < 200 && openFds() !== want; i++) await new Promise((r) => setTimeout(r, 10));
+        return openFds();
+      };
+      const failing = (): Writable =>
+        new Writable({
+          write(_chunk, _enc, cb) {
+            cb(new Error('disk full'));
+          },
+        });
+      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+      try {
+        for (const mode of ['1', '0']) {
+          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
+          await diffToBuffer(good, []); // starts the helper threads, which keep descriptors of their own
+          const before = openFds();
+          await diffToBuffer(good, []);
+          assert.equal(await settle(before), before, `mode ${mode}: after a diff`);
+          await assert.rejects(diffLayer({ upper: bad, lowers: [] }, collector().stream), /redirect metadata/);
+          assert.equal(await settle(before), before, `mode ${mode}: after a failed walk`);
+          await assert.rejects(diffLayer({ upper: good, lowers: [] }, failing()), /disk full/);
+          assert.equal(await settle(before), before, `mode ${mode}: after a failed output`);
+        }
       } finally {
         if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
         else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
