@@ -26,6 +26,7 @@ import { StreamHash } from './hash.js';
 import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
 import { OPAQUE_MARKER, abs, joinRel } from './paths.js';
+import { MAX_WRITE } from './sys.js';
 import { KIND, NUMS, type Walk, type WalkChunk, walk, walkError } from './walk.js';
 
 /** Options of {@link diffLayer}. */
@@ -107,6 +108,7 @@ interface TarHeaders {
 }
 const requireCjs = createRequire(import.meta.url);
 const tarHeaders = requireCjs(pathJoin(pathDirname(requireCjs.resolve('tar-stream')), 'headers.js')) as TarHeaders;
+
 
 /** Batches of output laid out ahead of the consumer; each one is a round trip to the reader. */
 const IN_FLIGHT = 6;
@@ -495,13 +497,17 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
       const failure = await item.filled;
       if (failure) throw readFailure(item.batch, failure);
       const { ab, used } = item.batch;
-      const ok = reuse
-        ? head.write(Buffer.from(ab, 0, used), (err) => {
-            if (!err) reader.recycle(ab);
-          })
-        : head.write(Buffer.from(ab, 0, used));
-      if (!ok) {
-        await Promise.race([new Promise<void>((resolve) => head.once('drain', resolve)), failed]);
+      // In writes of at most MAX_WRITE bytes, each once the previous is done: a stream that gets
+      // several at once may join them into one writev (see sys.ts's MAX_WRITE).
+      for (let off = 0; off < used; off += MAX_WRITE) {
+        const part = Buffer.from(ab, off, Math.min(MAX_WRITE, used - off));
+        const last = off + MAX_WRITE >= used;
+        const ok = last && reuse
+          ? head.write(part, (err) => {
+              if (!err) reader.recycle(ab);
+            })
+          : head.write(part);
+        if (!ok) await Promise.race([new Promise<void>((resolve) => head.once('drain', resolve)), failed]);
       }
     }
     head.end();
