@@ -10,7 +10,11 @@
  * Each figure is the best of three interleaved runs, each into a fresh path,
  * with `sync` before each so writeback of one run does not land on the next,
  * and the order alternating (tar first, then ours first, ...) so that neither
- * side always runs right after the data set was written. Needs root (the
+ * side always runs right after the data set was written. A diff's output
+ * file is deleted once timed (unless --keep): its page cache is then reused
+ * by the next run instead of taken fresh, which on a VM that hands freed
+ * memory back to its host can cost either side seconds per GiB (one
+ * deleted file, unlike a deleted tree, does not slow later file creation). Needs root (the
  * layer keeps owners) and about 15 GiB free under --dir (default $TMPDIR or
  * /tmp). On a slow disk both sides wait on file creation and the ratio says
  * little; `--dir /dev/shm` (tmpfs) compares the CPU cost of the two.
@@ -75,6 +79,7 @@ async function bestOf(
   labels: [string, string],
   tarRun: (r: number) => void,
   ourRun: (r: number) => Promise<void>,
+  after?: (side: 0 | 1, r: number) => void,
 ): Promise<[number, number]> {
   const min: [number, number] = [Infinity, Infinity];
   for (let r = 0; r < runs; r++) {
@@ -84,6 +89,7 @@ async function bestOf(
       if (side === 0) tarRun(r);
       else await ourRun(r);
       min[side] = Math.min(min[side], Number(process.hrtime.bigint() - t0) / 1e9);
+      after?.(side, r);
     }
   }
   process.stderr.write(`  ${labels[0]}: ${min[0].toFixed(3)} s, ${labels[1]}: ${min[1].toFixed(3)} s\n`);
@@ -144,6 +150,9 @@ async function main(): Promise<void> {
         },
         async (r) => {
           await diffLayer({ upper: data, lowers: [] }, createWriteStream(join(top, `c-ours-${r}.tar`)));
+        },
+        (side, r) => {
+          if (!keep) rmSync(join(top, `c-${side === 0 ? 'tar' : 'ours'}-${r}.tar`));
         },
       );
       rows.push({ set: set.name, op: 'diff', tarSeconds: tarDiff, oursSeconds: ourDiff, tarBytes, files: set.files, ratio: tarDiff / ourDiff });
