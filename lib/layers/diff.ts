@@ -213,7 +213,7 @@ class Differ {
     if (rest) this.zeros(512 - rest);
   }
 
-  /** A hole for `size` bytes of the file at `path`, filled by the reader (an empty file is still opened, as it was). */
+  /** A hole for `size` bytes of the file at `path`, filled by the reader (a file the walk did not read). */
   private body(path: string, rel: string, size: number): void {
     let off = 0;
     do {

@@ -1,12 +1,13 @@
 /**
- * The file-reading and hashing half of {@link diffLayer}: it fills the file
- * bodies into batches of tar output that the walk has laid out (headers
- * written, padding zeroed, a hole of the right size per file body) and
- * feeds each batch, in order, to the SHA-256 of the layer.
+ * The file-reading and hashing half of {@link diffLayer}: it fills the
+ * bodies of files over 64 KiB (the walk reads smaller ones itself, see
+ * walk.ts) into batches of tar output that the main thread has laid out
+ * (headers written, padding zeroed, a hole of the right size per such
+ * body) and feeds each batch, in order, to the SHA-256 of the layer.
  *
  * With a second CPU this runs in a shared worker thread, so that the
- * open/read/close of every file and the hash overlap the walk (readdir,
- * lstat, xattrs) and the header encoding on the main thread. Batches live
+ * reading of large files and the hash overlap the walk and the header
+ * encoding on the main thread. Batches live
  * in shared memory, filled in place: the main thread writes each one to
  * the output as one chunk, no file byte is copied, and a batch the output
  * is done with is reused (fresh memory costs a page fault per 4 KiB, and
