@@ -356,6 +356,18 @@ function createWalk(root, opaqueXattr, sys, pool) {
       nums[k + 7] = dataOff;
       n++;
     };
+    // A further name of an inode already walked: emitted as a hard link to the first name.
+    const linked = (st, rel) => {
+      if (st.nlink <= 1) return false;
+      const first = links.get(st.id);
+      if (first === undefined) {
+        links.set(st.id, rel);
+        return false;
+      }
+      linkOut.push([n, first]);
+      emit(K.hardlink, rel, st, -1);
+      return true;
+    };
     // A regular file: stat, xattrs and a small body through one descriptor. False if it is not one any more.
     const file = (top, name, rel, path) => {
       const fd = sys.openat(top.fd, name, OPEN_FILE, path);
@@ -363,16 +375,7 @@ function createWalk(root, opaqueXattr, sys, pool) {
         const st = sys.stat(fd, '', path);
         if ((st.mode & S_IFMT) !== S_IFREG) return false;
         const x = xattrs(fd, path, rel);
-        if (st.nlink > 1) {
-          const key = st.id;
-          const first = links.get(key);
-          if (first !== undefined) {
-            linkOut.push([n, first]);
-            emit(K.hardlink, rel, st, -1);
-            return true;
-          }
-          links.set(key, rel);
-        }
+        if (linked(st, rel)) return true;
         let off = -1;
         if (st.size <= INLINE_MAX) {
           if (!data) {
@@ -444,16 +447,7 @@ function createWalk(root, opaqueXattr, sys, pool) {
         }
         if (fmt === S_IFDIR) throw { changed: 'changed type while being diffed', rel };
         const x = xattrs(-1, path, rel);
-        if (st.nlink > 1) {
-          const key = st.id;
-          const first = links.get(key);
-          if (first !== undefined) {
-            linkOut.push([n, first]);
-            emit(K.hardlink, rel, st, -1);
-            continue;
-          }
-          links.set(key, rel);
-        }
+        if (linked(st, rel)) continue;
         let kind;
         if (fmt === S_IFLNK) {
           kind = K.symlink;

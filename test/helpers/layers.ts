@@ -28,6 +28,22 @@ import tar from 'tar-stream';
 import { type EntryHeader, captureRawXattrs, entryXattrs } from '../../lib/layers/pax.js';
 import { lsetxattr, lxattrs, mknod } from '../../lib/layers/sys.js';
 
+/**
+ * Runs `fn` with OVERLAY_SNAPSHOTTER_HASH_WORKER set to `mode` (`'1'`: the
+ * layer helper threads, `'0'`: everything on the calling thread), then puts
+ * the variable back as it was.
+ */
+export async function inMode<T>(mode: '0' | '1', fn: () => Promise<T>): Promise<T> {
+  const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+  process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
+    else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+  }
+}
+
 /** One node of a tree to build. Paths are relative, parents listed before children. */
 export type Spec =
   | { path: string; type: 'dir'; mode?: number; uid?: number; gid?: number; mtime?: number; xattrs?: Record<string, Buffer | string> }

@@ -10,7 +10,7 @@ import { InvalidArgumentError } from '../../lib/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { detectCompression } from '../../lib/layers/compression.js';
 import { lgetxattr } from '../../lib/layers/sys.js';
-import { buildTree, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { buildTree, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
 const OPAQUE = 'trusted.overlay.opaque';
@@ -246,32 +246,24 @@ describe('applyLayer', mountTestOptions(), () => {
       entries.push({ header: { name: 'd/f3', type: 'symlink', linkname: 'f4' } });
       entries.push({ header: { name: 'd/link', type: 'link', linkname: 'd/f5' } });
       const layer = await packTar(entries);
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        const fingerprints = [];
-        for (const mode of ['1', '0']) {
-          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
-          const upper = join(top, `upper${mode}`);
-          mkdirSync(upper);
-          await applyLayer(src(layer), { upper, lowers: [] });
-          fingerprints.push(treeFingerprint(upper, { dirMtimes: true }));
-        }
-        assert.deepEqual(fingerprints[0], fingerprints[1]);
-        assert.equal(fingerprints[0]!.entries.get('d/f7')?.mode, 0o4755);
-        assert.equal(fingerprints[0]!.entries.get('d/f3')?.type, 'symlink');
-        // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays.
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
-        const bad = await packTar([...entries.slice(0, 300), { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' }, ...entries.slice(300, 400)]);
-        const upper = join(top, 'upper-bad');
+      const fingerprints = [];
+      for (const mode of ['1', '0'] as const) {
+        const upper = join(top, `upper${mode}`);
         mkdirSync(upper);
-        const before = treeFingerprint(upper, { dirMtimes: true });
-        await assert.rejects(applyLayer(src(bad), { upper, lowers: [] }), { code: 'ENAMETOOLONG' });
-        assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before);
-        assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+        await inMode(mode, () => applyLayer(src(layer), { upper, lowers: [] }));
+        fingerprints.push(treeFingerprint(upper, { dirMtimes: true }));
       }
+      assert.deepEqual(fingerprints[0], fingerprints[1]);
+      assert.equal(fingerprints[0]!.entries.get('d/f7')?.mode, 0o4755);
+      assert.equal(fingerprints[0]!.entries.get('d/f3')?.type, 'symlink');
+      // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays.
+      const bad = await packTar([...entries.slice(0, 300), { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' }, ...entries.slice(300, 400)]);
+      const upper = join(top, 'upper-bad');
+      mkdirSync(upper);
+      const before = treeFingerprint(upper, { dirMtimes: true });
+      await inMode('1', () => assert.rejects(applyLayer(src(bad), { upper, lowers: [] }), { code: 'ENAMETOOLONG' }));
+      assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before);
+      assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
     }));
 
   test('a target that is not a directory is InvalidArgumentError', () =>

@@ -10,7 +10,7 @@ import { gunzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { diffLayer } from '../../lib/layers/diff.js';
-import { buildTree, collector, compareFingerprints, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { buildTree, collector, compareFingerprints, inMode, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
 const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -177,22 +177,14 @@ describe('diffLayer', mountTestOptions(), () => {
     withDirs(async (top) => {
       const dir = join(top, 'big');
       buildTree(dir, [{ path: 'blob', type: 'file', content: Buffer.alloc(9 * 1024 * 1024 + 17, 0x5a) }]);
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
-        const viaWorker = await diffToBuffer(dir, []);
-        assert.equal(viaWorker.res.digest, sha256(viaWorker.bytes));
-        const back = join(top, 'back');
-        mkdirSync(back);
-        const applied = await applyLayer(Readable.from([viaWorker.bytes]), { upper: back, lowers: [] });
-        assert.equal(applied.digest, viaWorker.res.digest);
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
-        const inline = await diffToBuffer(dir, []);
-        assert.equal(inline.res.digest, viaWorker.res.digest);
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
-      }
+      const viaWorker = await inMode('1', () => diffToBuffer(dir, []));
+      assert.equal(viaWorker.res.digest, sha256(viaWorker.bytes));
+      const back = join(top, 'back');
+      mkdirSync(back);
+      const applied = await applyLayer(Readable.from([viaWorker.bytes]), { upper: back, lowers: [] });
+      assert.equal(applied.digest, viaWorker.res.digest);
+      const inline = await inMode('0', () => diffToBuffer(dir, []));
+      assert.equal(inline.res.digest, viaWorker.res.digest);
     }));
 
   test('the walk lays out the same tar in the worker as inline: xattrs, whiteouts, opaque dirs, links, devices, a few chunks of entries', () =>
@@ -210,21 +202,13 @@ describe('diffLayer', mountTestOptions(), () => {
         { path: 'many', type: 'dir' },
         ...many,
       ]);
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
-        const viaWorker = await diffToBuffer(dir, []);
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
-        const inline = await diffToBuffer(dir, []);
-        assert.deepEqual(viaWorker.bytes, inline.bytes);
-        assert.equal(viaWorker.res.digest, sha256(inline.bytes));
-        const listed = execFileSync('tar', ['-tf', '-'], { input: inline.bytes }).toString().trim().split('\n');
-        assert.deepEqual(listed.slice(0, 9), ['a/', 'a/.wh..wh..opq', 'a/.wh..wh.gone', 'a/bin', 'a/hard', 'a/ln', 'a/null', 'a/pipe', 'many/']);
-        assert.equal(listed.length, 9 + many.length);
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
-      }
+      const viaWorker = await inMode('1', () => diffToBuffer(dir, []));
+      const inline = await inMode('0', () => diffToBuffer(dir, []));
+      assert.deepEqual(viaWorker.bytes, inline.bytes);
+      assert.equal(viaWorker.res.digest, sha256(inline.bytes));
+      const listed = execFileSync('tar', ['-tf', '-'], { input: inline.bytes }).toString().trim().split('\n');
+      assert.deepEqual(listed.slice(0, 9), ['a/', 'a/.wh..wh..opq', 'a/.wh..wh.gone', 'a/bin', 'a/hard', 'a/ln', 'a/null', 'a/pipe', 'many/']);
+      assert.equal(listed.length, 9 + many.length);
     }));
 
   test('bodies read by the walk (up to 64 KiB, chunks cut short by their size) and by the reader come out byte for byte, in the worker and inline', () =>
@@ -239,23 +223,15 @@ describe('diffLayer', mountTestOptions(), () => {
         // 60 KiB each: a chunk's data buffer holds 17 of them, so these span several chunks.
         ...Array.from({ length: 40 }, (_, i) => ({ path: `many/m${String(i).padStart(2, '0')}`, type: 'file' as const, content: body(60_000, 100 + i) })),
       ]);
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '1';
-        const viaWorker = await diffToBuffer(dir, []);
-        process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = '0';
-        const inline = await diffToBuffer(dir, []);
-        assert.deepEqual(viaWorker.bytes, inline.bytes);
-        assert.equal(inline.res.digest, sha256(inline.bytes));
-        const back = join(top, 'back');
-        mkdirSync(back);
-        execFileSync('tar', ['-xf', '-', '-C', back], { input: inline.bytes });
-        for (const [i, n] of sizes.entries()) assert.deepEqual(readFileSync(join(back, 'edge', `s${n}`)), body(n, i), `edge/s${n}`);
-        for (let i = 0; i < 40; i++) assert.deepEqual(readFileSync(join(back, 'many', `m${String(i).padStart(2, '0')}`)), body(60_000, 100 + i), `many/m${i}`);
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
-      }
+      const viaWorker = await inMode('1', () => diffToBuffer(dir, []));
+      const inline = await inMode('0', () => diffToBuffer(dir, []));
+      assert.deepEqual(viaWorker.bytes, inline.bytes);
+      assert.equal(inline.res.digest, sha256(inline.bytes));
+      const back = join(top, 'back');
+      mkdirSync(back);
+      execFileSync('tar', ['-xf', '-', '-C', back], { input: inline.bytes });
+      for (const [i, n] of sizes.entries()) assert.deepEqual(readFileSync(join(back, 'edge', `s${n}`)), body(n, i), `edge/s${n}`);
+      for (let i = 0; i < 40; i++) assert.deepEqual(readFileSync(join(back, 'many', `m${String(i).padStart(2, '0')}`)), body(60_000, 100 + i), `many/m${i}`);
     }));
 
   test('no descriptor stays open after a diff that succeeds, one the walk fails deep in the tree, or one whose output fails', () =>
@@ -287,10 +263,8 @@ describe('diffLayer', mountTestOptions(), () => {
             cb(new Error('disk full'));
           },
         });
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        for (const mode of ['1', '0']) {
-          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
+      for (const mode of ['1', '0'] as const) {
+        await inMode(mode, async () => {
           await diffToBuffer(good, []); // starts the helper threads, which keep descriptors of their own
           const before = openFds();
           await diffToBuffer(good, []);
@@ -299,10 +273,7 @@ describe('diffLayer', mountTestOptions(), () => {
           assert.equal(await settle(before), before, `mode ${mode}: after a failed walk`);
           await assert.rejects(diffLayer({ upper: good, lowers: [] }, failing()), /disk full/);
           assert.equal(await settle(before), before, `mode ${mode}: after a failed output`);
-        }
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+        });
       }
     }));
 
@@ -313,19 +284,14 @@ describe('diffLayer', mountTestOptions(), () => {
         { path: 'ok', type: 'file', content: 'fine' },
         { path: 'moved', type: 'dir', xattrs: { 'trusted.overlay.redirect': '/elsewhere' } },
       ]);
-      const saved = process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-      try {
-        for (const mode of ['1', '0']) {
-          process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = mode;
-          await assert.rejects(diffLayer({ upper: dir, lowers: [] }, collector().stream), (err: Error & { code?: string }) => {
+      for (const mode of ['1', '0'] as const) {
+        await inMode(mode, () =>
+          assert.rejects(diffLayer({ upper: dir, lowers: [] }, collector().stream), (err: Error & { code?: string }) => {
             assert.equal(err.code, 'ERR_FAILED_PRECONDITION');
             assert.match(err.message, /cannot diff "moved": it carries overlayfs redirect metadata/);
             return true;
-          });
-        }
-      } finally {
-        if (saved === undefined) delete process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER;
-        else process.env.OVERLAY_SNAPSHOTTER_HASH_WORKER = saved;
+          }),
+        );
       }
     }));
 
