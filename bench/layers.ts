@@ -14,9 +14,9 @@
  * file is deleted once timed (unless --keep): its page cache is then reused
  * by the next run instead of taken fresh, which on a VM that hands freed
  * memory back to its host can cost either side seconds per GiB (one
- * deleted file, unlike a deleted tree, does not slow later file creation). Needs root (the
- * layer keeps owners) and about 15 GiB free under --dir (default $TMPDIR or
- * /tmp). On a slow disk both sides wait on file creation and the ratio says
+ * deleted file, unlike a deleted tree, does not slow later file creation).
+ * Needs root (the layer keeps owners) and about 15 GiB free under --dir
+ * (default $TMPDIR or /tmp). On a slow disk both sides wait on file creation and the ratio says
  * little; `--dir /dev/shm` (tmpfs) compares the CPU cost of the two.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -114,7 +114,7 @@ async function main(): Promise<void> {
     for (const [setIndex, set] of sets.entries()) {
       if (only !== undefined && !set.name.startsWith(only)) continue;
       process.stderr.write(`${set.name}\n`);
-      // Each set in its own dir, and nothing deleted before the end: on ext4, creating files soon
+      // Each set in its own dir, and no tree deleted before the end: on ext4, creating files soon
       // after a big delete walks the recently freed inodes (recently_deleted() in the inode
       // allocator) and can take ten times as long, hitting whichever side runs then.
       const top = join(root, `set${setIndex}`);

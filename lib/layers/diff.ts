@@ -109,7 +109,6 @@ interface TarHeaders {
 const requireCjs = createRequire(import.meta.url);
 const tarHeaders = requireCjs(pathJoin(pathDirname(requireCjs.resolve('tar-stream')), 'headers.js')) as TarHeaders;
 
-
 /** Batches of output laid out ahead of the consumer; each one is a round trip to the reader. */
 const IN_FLIGHT = 6;
 
@@ -497,8 +496,9 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
       const failure = await item.filled;
       if (failure) throw readFailure(item.batch, failure);
       const { ab, used } = item.batch;
-      // In writes of at most MAX_WRITE bytes, each once the previous is done: a stream that gets
-      // several at once may join them into one writev (see sys.ts's MAX_WRITE).
+      // In writes of at most MAX_WRITE bytes (see sys.ts), waiting whenever the stream asks: a file
+      // stream (16 KiB high-water mark) then writes each on its own, where parts it held at once
+      // would go out joined in one writev.
       for (let off = 0; off < used; off += MAX_WRITE) {
         const part = Buffer.from(ab, off, Math.min(MAX_WRITE, used - off));
         const last = off + MAX_WRITE >= used;
