@@ -25,7 +25,7 @@ import type { LayerDigest, LayerTarget } from './apply.js';
 import { StreamHash } from './hash.js';
 import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';
 import { XATTR_PAX_PREFIX, paxBody } from './pax.js';
-import { OPAQUE_MARKER, abs, joinRel } from './paths.js';
+import { OPAQUE_MARKER, joinRel } from './paths.js';
 import { MAX_WRITE } from './sys.js';
 import { KIND, NUMS, type Walk, type WalkChunk, walk, walkError } from './walk.js';
 
@@ -118,8 +118,6 @@ interface Batch {
   buf: Buffer;
   used: number;
   jobs: ReadJob[];
-  /** The entry name of each job, for errors. */
-  rels: string[];
 }
 
 type Item = { batch: Batch; filled: Promise<FillFailure | undefined> } | { error: unknown };
@@ -143,7 +141,6 @@ class Differ {
   size = 0;
 
   constructor(
-    private readonly root: string,
     private readonly walk: Walk,
     private readonly reader: BatchReader,
     private readonly epoch: number | undefined,
@@ -153,7 +150,7 @@ class Differ {
 
   private newBatch(): Batch {
     const ab = this.reader.alloc(BATCH);
-    return { ab, buf: Buffer.from(ab), used: 0, jobs: [], rels: [] };
+    return { ab, buf: Buffer.from(ab), used: 0, jobs: [] };
   }
 
   private seal(): void {
@@ -212,14 +209,13 @@ class Differ {
     if (rest) this.zeros(512 - rest);
   }
 
-  /** A hole for `size` bytes of the file at `path`, filled by the reader (a file the walk did not read). */
-  private body(path: string, rel: string, size: number): void {
+  /** A hole for `size` bytes of the file `rel`, filled by the reader (a file the walk did not read). */
+  private body(rel: string, size: number): void {
     let off = 0;
     do {
       const b = this.cur;
       const n = Math.min(BATCH - b.used, size - off);
-      b.jobs.push({ path, fileOff: off, len: n, bufOff: b.used });
-      b.rels.push(rel);
+      b.jobs.push({ rel, fileOff: off, len: n, bufOff: b.used });
       b.used += n;
       off += n;
       if (b.used === BATCH) this.seal();
@@ -413,7 +409,7 @@ class Differ {
           // Read by the walk: copied in place of a hole.
           this.copy(chunk.data!, at, size);
         } else {
-          this.body(abs(this.root, rel), rel, size);
+          this.body(rel, size);
         }
         return;
       }
@@ -440,7 +436,7 @@ class Differ {
 
 /** The error for a batch the reader could not fill. */
 function readFailure(batch: Batch, f: FillFailure): Error {
-  const rel = batch.rels[f.index] ?? '';
+  const rel = batch.jobs[f.index]?.rel ?? '';
   if (f.shrank) return new FailedPreconditionError(`${q(rel)} shrank while being diffed: diff an active that nothing is writing to`);
   const err: NodeJS.ErrnoException = new Error(f.message ?? `cannot read ${q(rel)}`);
   if (f.code !== undefined) err.code = f.code;
@@ -467,8 +463,8 @@ export async function diffLayer(target: LayerTarget, out: Writable, opts: DiffOp
   if (!st?.isDirectory()) throw new InvalidArgumentError(`diff source ${q(root)} is not a directory`);
 
   const walker = walk(root, target.userxattr ? 'user.overlay.opaque' : 'trusted.overlay.opaque');
-  const reader = batchReader();
-  const differ = new Differ(root, walker, reader, opts.sourceDateEpoch);
+  const reader = batchReader(root);
+  const differ = new Differ(walker, reader, opts.sourceDateEpoch);
   const hashC = new StreamHash();
   const gzip = opts.compression === 'gzip' ? zlib.createGzip({ level: opts.gzipLevel ?? 6 }) : undefined;
   const tapC = new Transform({

@@ -16,13 +16,13 @@
  * `OVERLAY_SNAPSHOTTER_HASH_WORKER=0`) the same work runs inline.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { sharedWorker } from './shared-worker.js';
 import { useWorker } from './hash.js';
 
-/** Where a part of one file's body goes: `len` bytes from `fileOff` of `path`, at `bufOff` in the batch. */
+/** Where a part of one file's body goes: `len` bytes from `fileOff` of the file `rel` (under the diff's root), at `bufOff` in the batch. */
 export interface ReadJob {
-  path: string;
+  rel: string;
   fileOff: number;
   len: number;
   bufOff: number;
@@ -55,32 +55,133 @@ export interface BatchReader {
 /** Batches kept for reuse per reader: fresh memory costs a page fault per 4 KiB, and shared memory is freed late. */
 const POOL = 16;
 
-/** Reads the jobs' byte ranges into `buf`; the inline twin of `fill` in WORKER_SOURCE. */
-function fillInline(buf: Buffer, jobs: ReadJob[]): FillFailure | undefined {
+/**
+ * `makeFiller(koffi)` returns `{ tree(root), fill(tree, buf, rels, nums), closeTree(tree) }`.
+ * A tree holds the diff's root and the directories of the file last read
+ * open; each file is opened relative to its directory, and each directory
+ * relative to its parent, all with O_NOFOLLOW: a symlink planted anywhere
+ * under the root while the diff runs is refused (ELOOP or ENOTDIR), never
+ * followed out of the tree, and paths longer than PATH_MAX work. `nums`
+ * holds fileOff, len, bufOff per job. Plain CommonJS: it runs in the worker
+ * as it is, and inline.
+ */
+const FILL_SOURCE = `
+const { getSystemErrorMap } = require('node:util');
+const { constants } = require('node:os');
+const { readSync } = require('node:fs');
+function makeFiller(koffi) {
+  const lib = koffi.load('libc.so.6');
+  const openat = lib.func('int openat(int dirfd, const char *path, int flags, int mode)');
+  const close = lib.func('int close(int fd)');
+  const O_DIRECTORY = 0o200000, O_NOFOLLOW = 0o400000, O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000, O_NOCTTY = 0o400;
+  const OPEN_DIR = O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  const OPEN_FILE = O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+  const errnoNames = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
+  function open(dirfd, name, flags, path) {
+    const fd = openat(dirfd, name, flags, 0);
+    if (fd >= 0) return fd;
+    const errno = koffi.errno();
+    const known = getSystemErrorMap().get(-errno);
+    const code = (known && known[0]) || errnoNames.get(errno) || 'E' + errno;
+    const err = new Error(code + ': ' + ((known && known[1]) || 'unknown error') + ', openat ' + JSON.stringify(path));
+    err.code = code;
+    err.errno = -errno;
+    err.syscall = 'openat';
+    err.path = path;
+    throw err;
+  }
+  function tree(root) {
+    return { root, fd: -1, names: [], fds: [] };
+  }
+  // The descriptor of directory \`dir\` (relative, '' for the root), reusing what is open of it.
+  function dirFd(t, dir) {
+    if (t.fd < 0) t.fd = open(-100, t.root, OPEN_DIR, t.root);
+    const want = dir === '' ? [] : dir.split('/');
+    let k = 0;
+    while (k < t.names.length && k < want.length && t.names[k] === want[k]) k++;
+    while (t.names.length > k) {
+      close(t.fds.pop());
+      t.names.pop();
+    }
+    while (t.names.length < want.length) {
+      const parent = t.fds.length > 0 ? t.fds[t.fds.length - 1] : t.fd;
+      const name = want[t.names.length];
+      t.fds.push(open(parent, name, OPEN_DIR, t.root + '/' + want.slice(0, t.names.length + 1).join('/')));
+      t.names.push(name);
+    }
+    return t.fds.length > 0 ? t.fds[t.fds.length - 1] : t.fd;
+  }
+  function closeTree(t) {
+    while (t.fds.length > 0) close(t.fds.pop());
+    t.names = [];
+    if (t.fd >= 0) close(t.fd);
+    t.fd = -1;
+  }
+  function fill(t, buf, rels, nums) {
+    for (let i = 0; i < rels.length; i++) {
+      const rel = rels[i];
+      const fileOff = nums[3 * i], len = nums[3 * i + 1], bufOff = nums[3 * i + 2];
+      let fd = -1;
+      try {
+        const slash = rel.lastIndexOf('/');
+        fd = open(dirFd(t, slash < 0 ? '' : rel.slice(0, slash)), rel.slice(slash + 1), OPEN_FILE, t.root + '/' + rel);
+        let got = 0;
+        while (got < len) {
+          const n = readSync(fd, buf, bufOff + got, len - got, fileOff + got);
+          if (n === 0) return { index: i, shrank: true };
+          got += n;
+        }
+      } catch (e) {
+        return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
+      } finally {
+        // Closed as opened (node:fs warns about closing a descriptor it did not open); only read from.
+        if (fd >= 0) close(fd);
+      }
+    }
+    return undefined;
+  }
+  return { tree, fill, closeTree };
+}
+`;
+
+interface Tree {
+  readonly root: string;
+}
+interface Filler {
+  tree(root: string): Tree;
+  fill(tree: Tree, buf: Buffer, rels: string[], nums: Float64Array): FillFailure | undefined;
+  closeTree(tree: Tree): void;
+}
+
+const requireCjs = createRequire(import.meta.url);
+let inlineFiller: Filler | undefined;
+
+/** Splits jobs into the names and the numbers the filler takes. */
+function jobArrays(jobs: ReadJob[]): { rels: string[]; nums: Float64Array } {
+  const rels = new Array<string>(jobs.length);
+  const nums = new Float64Array(jobs.length * 3);
   for (let i = 0; i < jobs.length; i++) {
     const j = jobs[i]!;
-    let fd: number | undefined;
-    try {
-      fd = openSync(j.path, 'r');
-      let got = 0;
-      while (got < j.len) {
-        const n = readSync(fd, buf, j.bufOff + got, j.len - got, j.fileOff + got);
-        if (n === 0) return { index: i, shrank: true };
-        got += n;
-      }
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
-    } finally {
-      if (fd !== undefined) closeSync(fd);
-    }
+    rels[i] = j.rel;
+    nums[3 * i] = j.fileOff;
+    nums[3 * i + 1] = j.len;
+    nums[3 * i + 2] = j.bufOff;
   }
-  return undefined;
+  return { rels, nums };
 }
 
 class InlineReader implements BatchReader {
   private readonly hash = createHash('sha256');
   private readonly pool: ArrayBufferLike[] = [];
+  private readonly filler: Filler;
+  private readonly tree: Tree;
+
+  constructor(root: string) {
+    // The same source the worker runs.
+    inlineFiller ??= (new Function('require', `${FILL_SOURCE}\nreturn makeFiller;`)(requireCjs) as (k: unknown) => Filler)(requireCjs('koffi'));
+    this.filler = inlineFiller;
+    this.tree = this.filler.tree(root);
+  }
 
   alloc(size: number): ArrayBufferLike {
     return this.pool.pop() ?? new ArrayBuffer(size);
@@ -92,48 +193,42 @@ class InlineReader implements BatchReader {
 
   fill(ab: ArrayBufferLike, used: number, jobs: ReadJob[]): Promise<FillFailure | undefined> {
     const buf = Buffer.from(ab, 0, used);
-    const failure = fillInline(buf, jobs);
+    const { rels, nums } = jobArrays(jobs);
+    const failure = this.filler.fill(this.tree, buf, rels, nums);
     if (!failure) this.hash.update(buf);
     return Promise.resolve(failure);
   }
 
   digest(): Promise<string> {
+    this.filler.closeTree(this.tree);
     return Promise.resolve(`sha256:${this.hash.digest('hex')}`);
   }
 
-  close(): void {}
+  close(): void {
+    this.filler.closeTree(this.tree);
+  }
 }
 
 // Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
 const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
+const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-const { openSync, readSync, closeSync } = require('node:fs');
+${FILL_SOURCE}
+const filler = makeFiller(require(workerData.koffi));
 const hashes = new Map();
-function fill(buf, paths, nums) {
-  for (let i = 0; i < paths.length; i++) {
-    const fileOff = nums[3 * i], len = nums[3 * i + 1], bufOff = nums[3 * i + 2];
-    let fd;
-    try {
-      fd = openSync(paths[i], 'r');
-      let got = 0;
-      while (got < len) {
-        const n = readSync(fd, buf, bufOff + got, len - got, fileOff + got);
-        if (n === 0) return { index: i, shrank: true };
-        got += n;
-      }
-    } catch (e) {
-      return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
-    } finally {
-      if (fd !== undefined) closeSync(fd);
-    }
-  }
-  return undefined;
+const trees = new Map();
+function end(id) {
+  hashes.delete(id);
+  const t = trees.get(id);
+  trees.delete(id);
+  if (t) filler.closeTree(t);
 }
 parentPort.on('message', (m) => {
   if (m.ab) {
     const buf = Buffer.from(m.ab, 0, m.used);
-    const failure = fill(buf, m.paths, m.nums);
+    let t = trees.get(m.id);
+    if (!t) trees.set(m.id, (t = filler.tree(m.root)));
+    const failure = filler.fill(t, buf, m.rels, m.nums);
     if (!failure) {
       let h = hashes.get(m.id);
       if (!h) hashes.set(m.id, (h = createHash('sha256')));
@@ -142,10 +237,10 @@ parentPort.on('message', (m) => {
     parentPort.postMessage({ id: m.id, seq: m.seq, failure });
   } else if (m.done) {
     const h = hashes.get(m.id) || createHash('sha256');
-    hashes.delete(m.id);
+    end(m.id);
     parentPort.postMessage({ id: m.id, seq: -1, digest: h.digest('hex') });
   } else if (m.abort) {
-    hashes.delete(m.id);
+    end(m.id);
   }
 });
 `;
@@ -174,6 +269,7 @@ const readerWorker = sharedWorker<{ id: number; seq: number; failure?: FillFailu
     for (const p of waiting.values()) p.reject(err);
     waiting.clear();
   },
+  { workerData: { koffi: requireCjs.resolve('koffi') } },
 );
 
 class WorkerReader implements BatchReader {
@@ -182,7 +278,7 @@ class WorkerReader implements BatchReader {
   private seq = 0;
   private finished = false;
 
-  constructor() {
+  constructor(private readonly root: string) {
     // Keep the process alive while batches are in the worker (the caller awaits them).
     if (active++ === 0) this.w.ref();
   }
@@ -203,17 +299,9 @@ class WorkerReader implements BatchReader {
 
   fill(ab: ArrayBufferLike, used: number, jobs: ReadJob[]): Promise<FillFailure | undefined> {
     const seq = this.seq++;
-    const paths = new Array<string>(jobs.length);
-    const nums = new Float64Array(jobs.length * 3);
-    for (let i = 0; i < jobs.length; i++) {
-      const j = jobs[i]!;
-      paths[i] = j.path;
-      nums[3 * i] = j.fileOff;
-      nums[3 * i + 1] = j.len;
-      nums[3 * i + 2] = j.bufOff;
-    }
+    const { rels, nums } = jobArrays(jobs);
     const done = this.wait(seq);
-    this.w.postMessage({ id: this.id, seq, ab, used, paths, nums });
+    this.w.postMessage({ id: this.id, seq, ab, used, root: seq === 0 ? this.root : undefined, rels, nums });
     return done.then((m) => m.failure);
   }
 
@@ -242,7 +330,7 @@ class WorkerReader implements BatchReader {
   }
 }
 
-/** A reader for one diff: in the worker when there is a CPU for it (see `useWorker`), else inline. */
-export function batchReader(): BatchReader {
-  return useWorker() ? new WorkerReader() : new InlineReader();
+/** A reader of files under `root` for one diff: in the worker when there is a CPU for it (see `useWorker`), else inline. */
+export function batchReader(root: string): BatchReader {
+  return useWorker() ? new WorkerReader(root) : new InlineReader(root);
 }

@@ -10,6 +10,7 @@ import { gunzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { diffLayer } from '../../lib/layers/diff.js';
+import { batchReader } from '../../lib/layers/reader.js';
 import { buildTree, collector, compareFingerprints, inMode, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
@@ -274,6 +275,79 @@ describe('diffLayer', mountTestOptions(), () => {
           await assert.rejects(diffLayer({ upper: good, lowers: [] }, failing()), /disk full/);
           assert.equal(await settle(before), before, `mode ${mode}: after a failed output`);
         });
+      }
+    }));
+
+  test('the reader opens files relative to their directories and never through a symlink planted under the root, in the worker and inline', () =>
+    withDirs(async (top) => {
+      const root = join(top, 'root');
+      const outside = join(top, 'outside');
+      buildTree(outside, [{ path: 'secret', type: 'file', content: 'host data' }]);
+      buildTree(root, [
+        { path: 'd', type: 'dir' },
+        { path: 'd/ok', type: 'file', content: 'fine' },
+        { path: 'd/file-link', type: 'symlink', target: join(outside, 'secret') },
+        { path: 'dir-link', type: 'symlink', target: outside },
+      ]);
+      for (const mode of ['1', '0'] as const) {
+        await inMode(mode, async () => {
+          const read = async (rel: string, len: number) => {
+            const reader = batchReader(root);
+            const ab = reader.alloc(4096);
+            new Uint8Array(ab).fill(0);
+            try {
+              const failure = await reader.fill(ab, len, [{ rel, fileOff: 0, len, bufOff: 0 }]);
+              return { failure, bytes: Buffer.from(ab, 0, len).toString() };
+            } finally {
+              reader.close();
+            }
+          };
+          assert.deepEqual(await read('d/ok', 4), { failure: undefined, bytes: 'fine' });
+          for (const rel of ['d/file-link', 'dir-link/secret']) {
+            const { failure, bytes } = await read(rel, 9);
+            assert.match(failure?.code ?? '', /^(ELOOP|ENOTDIR)$/, `mode ${mode}: ${rel}`);
+            assert.equal(bytes, '\0'.repeat(9), `mode ${mode}: nothing of ${rel} read`);
+          }
+        });
+      }
+    }));
+
+  test('a tree deeper than PATH_MAX diffs, small and large files alike', () =>
+    withDirs(async (top) => {
+      const root = join(top, 'deep');
+      mkdirSync(root);
+      // 20 levels of 250-character names: 5,000+ bytes, past PATH_MAX (4096). Made one level at a
+      // time from inside the previous one (synchronously, so nothing else runs meanwhile), and
+      // removed by rm, which works relative to each directory as node:fs does not.
+      const level = 'd'.repeat(250);
+      const big = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 13) & 0xff));
+      const want = new Map([
+        ['big', createHash('sha256').update(big).digest('hex')],
+        ['small', createHash('sha256').update('small').digest('hex')],
+      ]);
+      try {
+        const cwd = process.cwd();
+        try {
+          process.chdir(root);
+          for (let i = 0; i < 20; i++) {
+            mkdirSync(level);
+            process.chdir(level);
+          }
+          writeFileSync('big', big);
+          writeFileSync('small', 'small');
+        } finally {
+          process.chdir(cwd);
+        }
+        for (const mode of ['1', '0'] as const) {
+          const { res, bytes } = await inMode(mode, () => diffToBuffer(root, []));
+          assert.equal(res.digest, sha256(bytes));
+          const { entries } = await tarFingerprint(bytes);
+          const deepest = Array(20).fill(level).join('/');
+          assert.equal(entries.get(`${deepest}/big`)?.sha, want.get('big'), `mode ${mode}: big`);
+          assert.equal(entries.get(`${deepest}/small`)?.sha, want.get('small'), `mode ${mode}: small`);
+        }
+      } finally {
+        execFileSync('rm', ['-rf', root]);
       }
     }));
 
