@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { sharedWorker } from './shared-worker.js';
 import { useWorker } from './hash.js';
+import { SYS_SOURCE } from './sys-source.js';
 
 /** Where a part of one file's body goes: `len` bytes from `fileOff` of the file `rel` (under the diff's root), at `bufOff` in the batch. */
 export interface ReadJob {
@@ -56,7 +57,7 @@ export interface BatchReader {
 const POOL = 16;
 
 /**
- * `makeFiller(koffi)` returns `{ tree(root), fill(tree, buf, rels, nums), closeTree(tree) }`.
+ * `makeFiller(sys)` (sys-source.ts's `makeSys`) returns `{ tree(root), fill(tree, buf, rels, nums), closeTree(tree) }`.
  * A tree holds the diff's root and the directories of the file last read
  * open; each file is opened relative to its directory, and each directory
  * relative to its parent, all with O_NOFOLLOW: a symlink planted anywhere
@@ -66,30 +67,9 @@ const POOL = 16;
  * as it is, and inline.
  */
 const FILL_SOURCE = `
-const { getSystemErrorMap } = require('node:util');
-const { constants } = require('node:os');
-const { readSync } = require('node:fs');
-function makeFiller(koffi) {
-  const lib = koffi.load('libc.so.6');
-  const openat = lib.func('int openat(int dirfd, const char *path, int flags, int mode)');
-  const close = lib.func('int close(int fd)');
-  const O_DIRECTORY = 0o200000, O_NOFOLLOW = 0o400000, O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000, O_NOCTTY = 0o400;
-  const OPEN_DIR = O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  const OPEN_FILE = O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
-  const errnoNames = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
-  function open(dirfd, name, flags, path) {
-    const fd = openat(dirfd, name, flags, 0);
-    if (fd >= 0) return fd;
-    const errno = koffi.errno();
-    const known = getSystemErrorMap().get(-errno);
-    const code = (known && known[0]) || errnoNames.get(errno) || 'E' + errno;
-    const err = new Error(code + ': ' + ((known && known[1]) || 'unknown error') + ', openat ' + JSON.stringify(path));
-    err.code = code;
-    err.errno = -errno;
-    err.syscall = 'openat';
-    err.path = path;
-    throw err;
-  }
+function makeFiller(sys) {
+  const open = sys.openat;
+  const close = sys.close;
   function tree(root) {
     return { root, fd: -1, names: [], fds: [] };
   }
@@ -127,14 +107,13 @@ function makeFiller(koffi) {
         fd = open(dirFd(t, slash < 0 ? '' : rel.slice(0, slash)), rel.slice(slash + 1), OPEN_FILE, t.root + '/' + rel);
         let got = 0;
         while (got < len) {
-          const n = readSync(fd, buf, bufOff + got, len - got, fileOff + got);
+          const n = sys.read(fd, buf, bufOff + got, len - got, fileOff + got);
           if (n === 0) return { index: i, shrank: true };
           got += n;
         }
       } catch (e) {
         return { index: i, shrank: false, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
       } finally {
-        // Closed as opened (node:fs warns about closing a descriptor it did not open); only read from.
         if (fd >= 0) close(fd);
       }
     }
@@ -178,7 +157,13 @@ class InlineReader implements BatchReader {
 
   constructor(root: string) {
     // The same source the worker runs.
-    inlineFiller ??= (new Function('require', `${FILL_SOURCE}\nreturn makeFiller;`)(requireCjs) as (k: unknown) => Filler)(requireCjs('koffi'));
+    if (!inlineFiller) {
+      const made = new Function('require', `${SYS_SOURCE}${FILL_SOURCE}\nreturn { makeSys, makeFiller };`)(requireCjs) as {
+        makeSys: (k: unknown) => unknown;
+        makeFiller: (sys: unknown) => Filler;
+      };
+      inlineFiller = made.makeFiller(made.makeSys(requireCjs('koffi')));
+    }
     this.filler = inlineFiller;
     this.tree = this.filler.tree(root);
   }
@@ -213,8 +198,9 @@ class InlineReader implements BatchReader {
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
+${SYS_SOURCE}
 ${FILL_SOURCE}
-const filler = makeFiller(require(workerData.koffi));
+const filler = makeFiller(makeSys(require(workerData.koffi)));
 const hashes = new Map();
 const trees = new Map();
 function end(id) {
