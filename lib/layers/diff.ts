@@ -129,8 +129,9 @@ type Item = { batch: Batch; filled: Promise<FillFailure | undefined> } | { error
  */
 class Differ {
   private cur: Batch;
-  /** The chunk of walk entries being laid out, and the next entry in it. */
+  /** The chunk of walk entries being laid out, its data as bytes, and the next entry in it. */
   private chunk: WalkChunk | undefined;
+  private data = new Uint8Array(0);
   private next = 0;
   private nextLink = 0;
   private nextXattrs = 0;
@@ -174,9 +175,8 @@ class Differ {
     this.size += bytes.length;
   }
 
-  /** Copies a body the walk read (`size` bytes from `at` in `data`) and its padding into the output. */
-  private copy(data: ArrayBuffer, at: number, size: number): void {
-    const src = new Uint8Array(data);
+  /** Copies a body the walk read (`size` bytes from `at` in the chunk's data) and its padding into the output. */
+  private copy(src: Uint8Array, at: number, size: number): void {
     let off = 0;
     while (off < size) {
       const b = this.cur;
@@ -344,6 +344,7 @@ class Differ {
             continue;
           }
           this.chunk = chunk;
+          this.data = chunk.data ? new Uint8Array(chunk.data) : new Uint8Array(0);
           this.next = this.nextLink = this.nextXattrs = 0;
           continue;
         }
@@ -407,7 +408,7 @@ class Differ {
         const at = nums[k + 7]!;
         if (at >= 0) {
           // Read by the walk: copied in place of a hole.
-          this.copy(chunk.data!, at, size);
+          this.copy(this.data, at, size);
         } else {
           this.body(rel, size);
         }

@@ -162,6 +162,8 @@ function createWalk(root, opaqueXattr, sys, pool) {
           continue;
         }
         if (type === DT_UNKNOWN) item[1] = (st.mode & S_IFMT) === S_IFDIR ? DT_DIR : (st.mode & S_IFMT) === S_IFREG ? DT_REG : -1;
+        // Kept for an entry that is neither a file nor a dir: it is not stat'ed again.
+        item[2] = st;
       }
       others.push(item);
     }
@@ -296,7 +298,7 @@ function createWalk(root, opaqueXattr, sys, pool) {
           pushDir(fd, rel, path);
           continue;
         }
-        const st = sys.stat(top.fd, name, path);
+        const st = item[2] || sys.stat(top.fd, name, path);
         const fmt = st.mode & S_IFMT;
         // Neither a file nor a dir by d_type, or not any more by what an open of it found.
         if (fmt === S_IFREG) {
