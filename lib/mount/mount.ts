@@ -1,6 +1,7 @@
 /**
  * mountAll / unmountAll: mount specs onto a target and take them off again.
- * Knows nothing about snapshots; see overlay.ts for overlay chains.
+ * Knows nothing about snapshots beyond the layout of a store's root, which
+ * the mount records need (records.ts); see overlay.ts for overlay chains.
  */
 import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
@@ -9,7 +10,8 @@ import createDebug from 'debug';
 import { InvalidArgumentError, UnavailableError, q } from '../errors.js';
 import type { Mount } from '../types.js';
 import { MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, PER_MOUNT_FLAGS, parseMountOptions, type ParsedMountOptions } from './options.js';
-import { type OverlayChoice, type OverlayPlan, type OverlayStrategy, chooseOverlayStrategy, mountOverlay, planOverlay } from './overlay.js';
+import { type OverlayChoice, type OverlayPlan, type OverlayStrategy, chooseOverlayStrategy, mountOverlay, overlayPaths, planOverlay } from './overlay.js';
+import { type WrittenRecord, clearRecords, dropRecords, recordMount, recordMounted } from './records.js';
 import { mount, statfsFlags, tryUmount2, umount2Error } from './syscalls.js';
 
 const debug = createDebug('overlay-snapshotter:mount');
@@ -73,10 +75,17 @@ interface Planned {
  * and the `OVERLAY_SNAPSHOTTER_MOUNT_STRATEGY` environment variable
  * (`mount-api`, `legacy` or `auto`) to choose how.
  *
+ * An overlay whose layers the kernel is given by descriptor or relative
+ * path (a chain whose options exceed a page, or paths over 255 bytes) is
+ * first recorded in its store's `mount-records/` folder, because the mount
+ * table will not show which snapshots it uses; {@link unmountAll} deletes
+ * the record (lib/mount/records.ts, docs/reliability.md).
+ *
  * @throws InvalidArgumentError before anything is mounted, for a malformed
  *   spec or option, or an overlay chain deeper than the kernel's limit.
  * @throws UnavailableError for ID-mapped specs (`uidmap=`/`gidmap=`), which
- *   this function cannot mount.
+ *   this function cannot mount, and when a mount record cannot be written
+ *   (nothing is mounted then).
  */
 export async function mountAll(mounts: Mount[], target: string, opts?: MountAllOptions): Promise<void> {
   const strategy = checkOptions(opts);
@@ -90,8 +99,9 @@ export async function mountAll(mounts: Mount[], target: string, opts?: MountAllO
   const plans = mounts.map((spec, i) => planMount(spec, i, abs));
   const overlayChoice = plans.some((p) => p.overlay) ? chooseOverlayStrategy(strategy) : undefined;
   let made = 0;
+  const records: WrittenRecord[] = [];
   try {
-    for (const plan of plans) made += await mountOne(plan, abs, overlayChoice);
+    for (const plan of plans) made += await mountOne(plan, abs, overlayChoice, records);
   } catch (err) {
     if (made > 0) {
       debug('mount on %s failed; unmounting the %d mounts made before it', abs, made);
@@ -101,6 +111,8 @@ export async function mountAll(mounts: Mount[], target: string, opts?: MountAllO
         (err as Error).message += ` (and ${made} earlier mounts on the target could not be unmounted: ${(rollbackErr as Error).message})`;
       }
     }
+    // Kept while anything this call made is still mounted.
+    if (made === 0) dropRecords(records);
     throw err;
   }
 }
@@ -142,14 +154,32 @@ function planMount(spec: Mount, index: number, target: string): Planned {
   return { spec, parsed };
 }
 
-/** Mounts one spec; returns how many mounts it stacked on the target (0 for a remount or move). */
-async function mountOne(plan: Planned, target: string, overlayChoice: OverlayChoice | undefined): Promise<number> {
+/**
+ * Mounts one spec; returns how many mounts it stacked on the target (0 for
+ * a remount or move). An overlay whose layers the mount table will not
+ * show by their real paths is recorded first (lib/mount/records.ts), and
+ * its records are added to `records`.
+ */
+async function mountOne(plan: Planned, target: string, overlayChoice: OverlayChoice | undefined, records: WrittenRecord[]): Promise<number> {
   const { spec, parsed } = plan;
   const flags = parsed.flags;
   // Built only when needed: the overlay hot path never needs it.
   const what = (): string => `mount ${q(spec.type)} on ${q(target)}`;
   if (plan.overlay) {
-    mountOverlay(plan.overlay, spec.source, target, flags, overlayChoice!);
+    const overlay = plan.overlay;
+    let written: WrittenRecord[] | undefined;
+    try {
+      mountOverlay(overlay, spec.source, target, flags, overlayChoice!, () => {
+        written ??= recordMount(target, overlayPaths(overlay));
+      });
+    } catch (err) {
+      if (written !== undefined) dropRecords(written);
+      throw err;
+    }
+    if (written !== undefined) {
+      recordMounted(written);
+      records.push(...written);
+    }
   } else {
     mount(spec.source, target, spec.type, flags, parsed.data.length > 0 ? parsed.data.join(',') : null, what);
     debug('mounted %s %s on %s (flags 0x%s)', spec.type, spec.source, target, flags.toString(16));
@@ -205,8 +235,9 @@ async function unmountOnce(target: string): Promise<void> {
 
 /**
  * Unmounts `target` until it is no longer a mount point, so stacked mounts
- * all come off. Retries EBUSY for a while (50 x 50 ms). A path that is not
- * mounted (EINVAL) or does not exist (ENOENT) is not an error.
+ * all come off, and deletes the mount records this process made for it.
+ * Retries EBUSY for a while (50 x 50 ms). A path that is not mounted
+ * (EINVAL) or does not exist (ENOENT) is not an error.
  *
  * Hot path: one umount2 per mount plus the one that finds nothing left
  * (cheaper than asking first: statx or mountinfo also resolve the path),
@@ -223,6 +254,7 @@ export async function unmountAll(target: string): Promise<void> {
     if (errno === 0) continue;
     if (errno === EINVAL || errno === ENOENT) {
       if (n > 0) debug('unmounted %d mounts from %s', n, abs);
+      clearRecords(abs);
       return;
     }
     throw umount2Error(abs, errno);

@@ -28,7 +28,13 @@
  * where the kernel has it.
  *
  * Either way the chain is limited to {@link MAX_LOWER_LAYERS} lower layers.
+ *
+ * The mount table shows layers as the kernel was given them, so the
+ * descriptor and relative forms hide which directories a mount uses; the
+ * `hide` hook runs before the first syscall that uses such a form, so that
+ * `mountAll` can record the mount first (lib/mount/records.ts).
  */
+import { resolve } from 'node:path';
 import createDebug from 'debug';
 import { InvalidArgumentError, q } from '../errors.js';
 import { MS_DIRSYNC, MS_LAZYTIME, MS_MANDLOCK, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_STRICTATIME, MS_SYNCHRONOUS } from './options.js';
@@ -314,6 +320,15 @@ export function resolveOverlayStrategy(requested?: OverlayStrategy): 'mount-api'
 }
 
 /**
+ * Makes `auto` behave as on a kernel that does (`'mount-api'`) or does not
+ * (`'legacy'`) accept `lowerdir+`, for tests of both on one kernel;
+ * `undefined` probes the kernel again at the next mount.
+ */
+export function setMountApiProbe(result: 'mount-api' | 'legacy' | undefined): void {
+  probed = result;
+}
+
+/**
  * Asks the kernel rather than comparing versions (backports exist, and
  * seccomp may block the new syscalls): open an overlay context and append
  * one lower layer with `lowerdir+`. Nothing is mounted.
@@ -365,12 +380,13 @@ const FSCONFIG_MAX_VALUE = 255;
  * Mounts through the new mount API. Every fsconfig error carries the
  * kernel's own explanation from the context's message log.
  */
-export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: string, flags: number): void {
+export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide): void {
   const what = `mount overlay on ${q(target)}`;
   const pinned: number[] = [];
   // A value over the fsconfig limit is named through an O_PATH descriptor.
   const pathValue = (path: string, escaped: string): string => {
     if (Buffer.byteLength(escaped) <= FSCONFIG_MAX_VALUE) return escaped;
+    hide();
     const fd = openPath(path);
     pinned.push(fd);
     return `/proc/self/fd/${fd}`;
@@ -414,6 +430,23 @@ export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: s
     if (fsfd >= 0) close(fsfd);
     for (const fd of pinned) closePath(fd);
   }
+}
+
+/** The default of the `hide` hooks: nothing to record. */
+function noHide(): void {}
+
+/**
+ * Every directory an overlay mount uses (lower layers, upper and work
+ * dirs), as absolute paths: what a mount record must protect when the
+ * kernel is given them in another form.
+ */
+export function overlayPaths(plan: OverlayPlan): string[] {
+  const paths: string[] = [];
+  for (const option of plan.options) {
+    if (option.kind === 'lowerdir') for (const layer of option.layers) paths.push(resolve(layer.path));
+    else if (option.kind !== 'other') paths.push(resolve(option.path));
+  }
+  return paths;
 }
 
 /** The options string for mount(2), with each path mapped through `name` (already escaped by it). */
@@ -513,9 +546,9 @@ function plainLegacyData(plan: OverlayPlan): string | undefined {
  * the context log (mount(2) only gives errno); mount(2) leaves nothing
  * behind when it fails, so the second try starts clean.
  */
-export function mountOverlay(plan: OverlayPlan, source: string, target: string, flags: number, choice: OverlayChoice): void {
+export function mountOverlay(plan: OverlayPlan, source: string, target: string, flags: number, choice: OverlayChoice, hide: () => void = noHide): void {
   if (choice.strategy === 'legacy') {
-    mountOverlayLegacy(plan, source, target, flags);
+    mountOverlayLegacy(plan, source, target, flags, hide);
     return;
   }
   if (!choice.forced) {
@@ -530,14 +563,14 @@ export function mountOverlay(plan: OverlayPlan, source: string, target: string, 
       }
     }
   }
-  mountOverlayWithApi(plan, source, target, flags);
+  mountOverlayWithApi(plan, source, target, flags, hide);
 }
 
 /**
  * Mounts through one mount(2) call, shortening the options string as
  * described in this module's header when it would not fit in a page.
  */
-export function mountOverlayLegacy(plan: OverlayPlan, source: string, target: string, flags: number): void {
+export function mountOverlayLegacy(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide): void {
   const what = `mount overlay on ${q(target)}`;
   const page = pageSize();
   const full = plainLegacyData(plan);
@@ -551,6 +584,7 @@ export function mountOverlayLegacy(plan: OverlayPlan, source: string, target: st
     const compact = legacyData(plan, (p) => escapeOverlayPath(relativeTo(common, p)));
     // mount(2) copies one page and cuts the string at its last byte.
     if (Buffer.byteLength(compact) < page) {
+      hide();
       withCwd(common, () => mount(source, target, 'overlay', flags, compact, `${what} (from ${q(common)})`));
       debug('mounted overlay on %s with mount(2) relative to %s (%d lower layers, %d bytes of options)', target, common, plan.layers, compact.length);
       return;
@@ -571,6 +605,7 @@ export function mountOverlayLegacy(plan: OverlayPlan, source: string, target: st
         `overlay options on ${q(target)} take ${Buffer.byteLength(byFd)} bytes even with layers named by descriptor, more than mount(2) accepts (${page - 1}); use the mount-api strategy`,
       );
     }
+    hide();
     withCwd('/proc/self/fd', () => mount(source, target, 'overlay', flags, byFd, `${what} (layers by descriptor)`));
     debug('mounted overlay on %s with mount(2), layers by descriptor (%d lower layers, %d bytes of options)', target, plan.layers, byFd.length);
   } finally {

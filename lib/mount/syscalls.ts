@@ -66,6 +66,7 @@ interface Bindings {
   fsconfig: CFunction;
   fsmount: CFunction;
   moveMount: CFunction;
+  statx: CFunction;
 }
 
 let bindings: Bindings | undefined;
@@ -111,6 +112,7 @@ function libc(): Bindings {
     fchdir: lib.func('int fchdir(int fd)'),
     statfs: lib.func('statfs', 'int', ['const char *', koffi.out(koffi.pointer(StatFs))]),
     sysconf: lib.func('long sysconf(int name)'),
+    statx: lib.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Out_ uint8_t *buf)'),
     fsopen: optional('int fsopen(const char *fsname, unsigned int flags)', NR_FSOPEN, ['const char *', 'unsigned int']),
     fsconfig: optional('int fsconfig(int fd, unsigned int cmd, const char *key, const char *value, int aux)', NR_FSCONFIG, [
       'int',
@@ -142,6 +144,22 @@ function check(result: number | bigint, syscall: string, what: () => string, pat
  */
 export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null, what: string | (() => string)): void {
   check(libc().mount(source, target, fstype, flags, data), 'mount', typeof what === 'string' ? () => what : what, target);
+}
+
+/** statx(2) mask bit and `struct statx` offset of the mount id (Linux 5.8+). */
+const STATX_MNT_ID = 0x1000;
+const STX_MNT_ID_OFFSET = 0x90;
+
+/**
+ * The id of the topmost mount at `path` (mountinfo's first field), from
+ * one statx(2); undefined where the kernel does not report it (before
+ * Linux 5.8) or the path cannot be reached.
+ */
+export function mountIdOf(path: string): number | undefined {
+  const buf = Buffer.alloc(256);
+  if (libc().statx(AT_FDCWD, path, 0, STATX_MNT_ID, buf) !== 0) return undefined;
+  if ((buf.readUInt32LE(0) & STATX_MNT_ID) === 0) return undefined;
+  return Number(buf.readBigUInt64LE(STX_MNT_ID_OFFSET));
 }
 
 /** umount2(2). */
