@@ -267,8 +267,8 @@ const UNSUITED_FILESYSTEMS: ReadonlySet<number> = new Set([OVERLAYFS_SUPER_MAGIC
  */
 function defaultDriver(fsType: number, fsName: string, hard: Obstacle | undefined, p: Probed): { driver: Driver; reason: string } {
   let skipped: string | undefined = hard?.what;
-  if (UNSUITED_FILESYSTEMS.has(fsType)) skipped = `the root is on ${fsName}, which is not a supported filesystem for overlay upper layers`;
-  else if (skipped === undefined && p.multipleLowerDirs === null) skipped = 'this process may not mount (EPERM), so no overlay mount could be tried under the root';
+  if (skipped === undefined && UNSUITED_FILESYSTEMS.has(fsType)) skipped = `the root is on ${fsName}, which is not a supported filesystem for overlay upper layers`;
+  if (skipped === undefined && p.multipleLowerDirs === null) skipped = 'this process may not mount (EPERM), so no overlay mount could be tried under the root';
   if (skipped !== undefined) return { driver: 'native', reason: `overlay is not used here: ${skipped}` };
   return { driver: 'overlay', reason: `overlay runs here: the root is on ${fsName}, which records d_type, and an overlay with two lower dirs was mounted under it` };
 }
