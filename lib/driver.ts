@@ -121,8 +121,9 @@ function sameFile(a: BigIntStats, b: BigIntStats): boolean {
  * parent's files are there unchanged (same type, size and nanosecond mtime,
  * which `cp -a` keeps); an overlay child holds only what its container
  * changed, so few or none are. A whiteout (a 0/0 character device) over a
- * parent's entry that is none is overlay's alone. A parent with directories only tells
- * nothing: an overlay child copies up the directories it writes into.
+ * parent's entry that is none is overlay's alone. A parent with
+ * directories only tells nothing: an overlay child copies up the
+ * directories it writes into.
  */
 function compare(parentFs: string, childFs: string): Verdict {
   let files = 0;
