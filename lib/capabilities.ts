@@ -14,8 +14,12 @@
 import { release } from 'node:os';
 import createDebug from 'debug';
 import { STRATEGY_ENV } from './mount/index.js';
+import type { Driver } from './types.js';
 import {
+  AUFS_SUPER_MAGIC,
+  ECRYPTFS_SUPER_MAGIC,
   OVERLAYFS_SUPER_MAGIC,
+  ZFS_SUPER_MAGIC,
   filesystemName,
   filesystemType,
   inUserNamespace,
@@ -85,10 +89,20 @@ export interface Capabilities {
   readonly idmappedMounts: boolean | null;
   /**
    * Why the overlay driver cannot use this root, as the message of the
-   * UnavailableError that `open` throws without `driver: 'native'`; `null`
+   * UnavailableError that `open` throws for `driver: 'overlay'`; `null`
    * when it can.
    */
   readonly overlayUnavailable: string | null;
+  /**
+   * The driver a new store here gets when no `driver` is given: `overlay`
+   * where the root's filesystem is not overlayfs, aufs, zfs or ecryptfs,
+   * records d_type, and this process mounted an overlay with two lower dirs
+   * under it (`multipleLowerDirs`); `native` otherwise. An existing store
+   * keeps its own (`Snapshotter.driver`).
+   */
+  readonly defaultDriver: Driver;
+  /** Why {@link defaultDriver} is what it is, in words (for logs and `overlay-snapshotter capabilities`). */
+  readonly defaultDriverReason: string;
   /** The probed facts came from the metadata store (no probe ran for this result). */
   readonly cached: boolean;
 }
@@ -213,20 +227,50 @@ function settled(p: Probed): boolean {
   return p.overlay || p.lowerdirPlus !== null;
 }
 
-/** Why overlay cannot serve `root`, in the order a user should fix things; `null` when it can. */
-function unavailableReason(root: string, fsName: string, p: Probed): string | null {
-  const way = "or open with `driver: 'native'` to store full copies instead";
+/** What stands in the way of overlay: what it is, and how a user fixes it. */
+interface Obstacle {
+  what: string;
+  fix?: string;
+}
+
+/** Why overlay cannot serve `root` at all, in the order a user should fix things; `undefined` when it can. */
+function hardObstacle(root: string, fsName: string, p: Probed): Obstacle | undefined {
   if (p.rootOnOverlay) {
-    return `snapshotter root ${root} is on overlayfs, which cannot be an overlay upper layer; choose a root on ext4, xfs or btrfs (e.g. a volume), ${way}`;
+    return { what: `snapshotter root ${root} is on overlayfs, which cannot be an overlay upper layer`, fix: 'choose a root on ext4, xfs or btrfs (e.g. a volume)' };
   }
-  if (!p.overlay) return `the kernel has no overlay filesystem (not in /proc/filesystems); load it with \`modprobe overlay\`, ${way}`;
+  if (!p.overlay) return { what: 'the kernel has no overlay filesystem (not in /proc/filesystems)', fix: 'load it with `modprobe overlay`' };
   if (!p.dType) {
-    return `the filesystem of ${root} (${fsName}) does not record file types in directory entries (d_type), which overlayfs needs; use ext4, or xfs made with ftype=1, ${way}`;
+    return { what: `the filesystem of ${root} (${fsName}) does not record file types in directory entries (d_type), which overlayfs needs`, fix: 'use ext4, or xfs made with ftype=1' };
   }
-  if (p.multipleLowerDirs === false) {
-    return `overlay cannot be mounted with two lower dirs under ${root}: ${p.multipleLowerDirsError ?? 'unknown error'}; ${way}`;
-  }
-  return null;
+  if (p.multipleLowerDirs === false) return { what: `overlay cannot be mounted with two lower dirs under ${root}: ${p.multipleLowerDirsError ?? 'unknown error'}` };
+  return undefined;
+}
+
+/** The message of the UnavailableError of an explicit `driver: 'overlay'` where it cannot run. */
+function unavailableReason(obstacle: Obstacle | undefined): string | null {
+  if (obstacle === undefined) return null;
+  const way = "or, for a new store, open with `driver: 'native'` (or with no `driver`) to store full copies instead";
+  return obstacle.fix === undefined ? `${obstacle.what}; ${way}` : `${obstacle.what}; ${obstacle.fix}, ${way}`;
+}
+
+/**
+ * Filesystems a new store does not put overlay on even where a probe mount
+ * works, as other overlay users refuse them as backing filesystems: upper
+ * layers there are unsupported or misbehave (copy-up, whiteouts, xattrs).
+ */
+const UNSUITED_FILESYSTEMS: ReadonlySet<number> = new Set([OVERLAYFS_SUPER_MAGIC, AUFS_SUPER_MAGIC, ZFS_SUPER_MAGIC, ECRYPTFS_SUPER_MAGIC]);
+
+/**
+ * The driver a store created here without a `driver` option gets, and
+ * why: overlay first, where nothing stands in its way and this process
+ * was seen mounting one; else native, with the reason overlay was skipped.
+ */
+function defaultDriver(fsType: number, fsName: string, hard: Obstacle | undefined, p: Probed): { driver: Driver; reason: string } {
+  let skipped: string | undefined = hard?.what;
+  if (skipped === undefined && UNSUITED_FILESYSTEMS.has(fsType)) skipped = `the root is on ${fsName}, which is not a supported filesystem for overlay upper layers`;
+  if (skipped === undefined && p.multipleLowerDirs === null) skipped = 'this process may not mount (EPERM), so no overlay mount could be tried under the root';
+  if (skipped !== undefined) return { driver: 'native', reason: `overlay is not used here: ${skipped}` };
+  return { driver: 'overlay', reason: `overlay runs here: the root is on ${fsName}, which records d_type, and an overlay with two lower dirs was mounted under it` };
 }
 
 /** Options of {@link probeCapabilities}. */
@@ -262,6 +306,9 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
     debug('probed %s on %s: %o', root, kernelRelease, probed);
     if (options.cache !== undefined && settled(probed)) options.cache.setMeta(key, JSON.stringify(probed));
   }
+  const hard = hardObstacle(root, fsName, probed);
+  const choice = defaultDriver(fsType, fsName, hard, probed);
+  debug('a new store at %s would use %s', root, choice.reason);
   return Object.freeze({
     kernelRelease,
     overlay: probed.overlay,
@@ -279,7 +326,9 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
     userNamespace,
     userxattrNeeded: needsUserxattr(userNamespace, probed.userXattrs, kernelRelease),
     idmappedMounts: probed.idmappedMounts,
-    overlayUnavailable: unavailableReason(root, fsName, probed),
+    overlayUnavailable: unavailableReason(hard),
+    defaultDriver: choice.driver,
+    defaultDriverReason: choice.reason,
     cached,
   });
 }

@@ -2,7 +2,7 @@ export { Snapshotter, UPPERDIR_LABEL } from './snapshotter.js';
 export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js';
 export type { SnapshotterOptions } from './options.js';
 export type { KeepReason, PruneOptions, PruneProgress, PruneReport } from './prune.js';
-export type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
+export type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
 export { mountAll, unmountAll } from './mount/index.js';
 export { probeCapabilities } from './capabilities.js';
 export type { Capabilities, CapabilityCache, ProbeCapabilitiesOptions } from './capabilities.js';

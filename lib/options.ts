@@ -4,6 +4,7 @@
  * InvalidArgumentError saying what was expected and what came.
  */
 import { InvalidArgumentError } from './errors.js';
+import type { Driver } from './types.js';
 
 /** Options of {@link Snapshotter.open}. Every field is optional. */
 export interface SnapshotterOptions {
@@ -69,14 +70,21 @@ export interface SnapshotterOptions {
   busyTimeout?: number;
   /**
    * How snapshots are stored and mounted. `'overlay'` stacks layers with
-   * overlayfs; open fails with UnavailableError where overlay cannot run
-   * (a root on overlayfs, a filesystem without d_type, no overlay in the
-   * kernel). `'native'` works on any root: each new active with a parent
+   * overlayfs; `'native'` works on any root: each new active with a parent
    * starts as a full copy of its parent's tree (reflinked where the
    * filesystem can), and every mount is a bind. See docs/capabilities.md.
-   * @default 'overlay'
+   *
+   * The driver belongs to the data, so a store records it when it is
+   * created and keeps it: when not given, an existing store uses its own,
+   * and a new store takes `'overlay'` where the root supports it (see
+   * `capabilities.defaultDriver`), else `'native'`. Given, it must match
+   * an existing store's driver (else FailedPreconditionError, nothing
+   * changed); `'overlay'` on a root where overlay cannot run (a root on
+   * overlayfs, a filesystem without d_type, no overlay in the kernel)
+   * fails with UnavailableError.
+   * @default not given: the store's own driver, or chosen for a new store
    */
-  driver?: 'overlay' | 'native';
+  driver?: Driver | undefined;
 }
 
 /** Options after defaults are applied. */
@@ -89,7 +97,8 @@ export interface ResolvedOptions {
   readonly busyTimeout: number;
   readonly durableLayers: boolean;
   readonly unmountOnRemove: boolean;
-  readonly driver: 'overlay' | 'native';
+  /** `undefined`: not given (the store's recorded driver, or chosen at creation). */
+  readonly driver: Driver | undefined;
 }
 
 const DEFAULTS: ResolvedOptions = {
@@ -101,7 +110,7 @@ const DEFAULTS: ResolvedOptions = {
   busyTimeout: 30_000,
   durableLayers: true,
   unmountOnRemove: false,
-  driver: 'overlay',
+  driver: undefined,
 };
 
 const KNOWN = Object.keys(DEFAULTS) as (keyof ResolvedOptions)[];
@@ -183,7 +192,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       throw new InvalidArgumentError(`Expected \`${name}\` to be a boolean, got ${describe(out[name])}`);
     }
   }
-  if (out.driver !== 'overlay' && out.driver !== 'native') {
+  if (out.driver !== undefined && out.driver !== 'overlay' && out.driver !== 'native') {
     throw new InvalidArgumentError(`Expected \`driver\` to be 'overlay' or 'native', got ${typeof out.driver === 'string' ? JSON.stringify(out.driver) : describe(out.driver)}`);
   }
   if (out.userxattr !== 'auto' && typeof out.userxattr !== 'boolean') {

@@ -17,6 +17,9 @@ const debug = createDebug('overlay-snapshotter:probe');
 /** statfs f_type values the checks care about. */
 export const OVERLAYFS_SUPER_MAGIC = 0x794c7630;
 export const TMPFS_MAGIC = 0x01021994;
+export const AUFS_SUPER_MAGIC = 0x61756673;
+export const ZFS_SUPER_MAGIC = 0x2fc12fc1;
+export const ECRYPTFS_SUPER_MAGIC = 0xf15f;
 
 const INDEX_PARAM = '/sys/module/overlay/parameters/index';
 
@@ -264,7 +267,9 @@ const FILESYSTEM_NAMES: ReadonlyMap<number, string> = new Map([
   [0x9123683e, 'btrfs'],
   [TMPFS_MAGIC, 'tmpfs'],
   [OVERLAYFS_SUPER_MAGIC, 'overlay'],
-  [0x2fc12fc1, 'zfs'],
+  [ZFS_SUPER_MAGIC, 'zfs'],
+  [AUFS_SUPER_MAGIC, 'aufs'],
+  [ECRYPTFS_SUPER_MAGIC, 'ecryptfs'],
   [0xf2f52010, 'f2fs'],
   [0x6969, 'nfs'],
   [0x65735546, 'fuse'],

@@ -14,13 +14,14 @@ import { snapshotMounts } from './mountinfo.js';
 import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './options.js';
 import { type Capabilities, probeCapabilities } from './capabilities.js';
 import { isAlive, selfTag } from './liveness.js';
+import { type DriverRecord, checkGivenDriver, inferDriver, recordDriver, recordedDriver } from './driver.js';
 import { copyTree } from './native.js';
 import { STAGING_PREFIX, StagingPool, livePoolDirs } from './staging.js';
 import { TRASH_PREFIX, Trash, deleteTrees } from './trash.js';
 import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './specs.js';
 import { type Record_, Store } from './store.js';
 import { syncFilesystem } from './sync.js';
-import type { Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
+import type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
 import { diskUsage } from './usage.js';
 import { checkKey, checkLabelSize, checkLabels, checkParent, checkSnapshotOptions, setLabel } from './validate.js';
 
@@ -56,6 +57,10 @@ export interface CheckProblem {
 export interface CheckReport {
   ok: boolean;
   problems: CheckProblem[];
+  /** The store's driver ({@link Snapshotter.driver}), which decides what a consistent snapshot is. */
+  driver: Driver;
+  /** Why the store has that driver ({@link Snapshotter.driverReason}). */
+  driverReason: string;
 }
 
 function errnoOf(err: unknown): string | undefined {
@@ -119,7 +124,16 @@ export class Snapshotter {
    */
   readonly capabilities: Capabilities;
 
-  private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean, capabilities: Capabilities) {
+  /**
+   * How this store keeps its snapshots: `'overlay'` (diffs stacked at
+   * mount) or `'native'` (full copies, bound). Recorded when the store was
+   * created and the same at every open (see the `driver` option).
+   */
+  readonly driver: Driver;
+  /** Why the store has {@link driver}: given at creation, chosen from the root's capabilities, or read from older data. */
+  readonly driverReason: string;
+
+  private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean, capabilities: Capabilities, driver: DriverRecord) {
     this.root = root;
     this.options = options;
     this.store = store;
@@ -128,18 +142,27 @@ export class Snapshotter {
     this.umaskClean = umaskClean;
     this.pool = new StagingPool(settings.snapshotsDir, umaskClean);
     this.capabilities = capabilities;
+    this.driver = driver.driver;
+    this.driverReason = driver.reason;
   }
 
   /**
    * Opens the snapshotter at `root`, creating the root (mode 0700) and
    * `snapshots/` if missing; reopening finds every snapshot as it was.
    *
+   * The store's driver is recorded when it is created: given as `driver`,
+   * else `'overlay'` where the root supports it and `'native'` elsewhere
+   * (`capabilities.defaultDriver`); every later open uses the recorded one.
+   *
    * @throws InvalidArgumentError for a bad root or option (an unknown
    *   option is named, with the closest known one).
-   * @throws UnavailableError when the root is on overlayfs, its filesystem
-   *   lacks d_type, overlay is missing from the kernel (unless `driver` is
-   *   `'native'`; the message names the reason), the root cannot be
-   *   created or written, or the metadata store is damaged.
+   * @throws FailedPreconditionError when `driver` is given and is not the
+   *   store's (nothing is changed).
+   * @throws UnavailableError when the store's driver (or the `driver`
+   *   given for a new store) is `'overlay'` and the root is on overlayfs,
+   *   its filesystem lacks d_type or overlay is missing from the kernel (the
+   *   message names the reason), the root cannot be created or written, or
+   *   the metadata store is damaged.
    */
   static async open(root: string, options?: SnapshotterOptions): Promise<Snapshotter> {
     if (typeof root !== 'string' || root === '' || root.includes('\0')) {
@@ -158,17 +181,35 @@ export class Snapshotter {
     const store = Store.open(`${abs}/metadata.db`, resolved.busyTimeout);
     try {
       if (store.fresh) refuseSilentReset(snapshotsDir, store.file);
+      // The driver belongs to the data (lib/driver.ts): a mismatch is refused before anything changes.
+      const recorded = recordedDriver(store);
+      const rows = recorded !== undefined || store.fresh ? [] : store.allRows();
+      const known = recorded ?? inferDriver(snapshotsDir, rows);
+      const when = rows.length === 0 ? 'when the store was created' : 'at the first open that recorded drivers (the data read the same with either)';
+      if (known !== undefined) checkGivenDriver(abs, known, resolved.driver);
       // Probes once per kernel release (files, one mount); afterwards one read of the store.
       const capabilities = await probeCapabilities(abs, { cache: store });
-      if (resolved.driver === 'overlay' && capabilities.overlayUnavailable !== null) throw new UnavailableError(capabilities.overlayUnavailable);
+      let driver =
+        known ??
+        (resolved.driver !== undefined
+          ? { driver: resolved.driver, reason: `given ${when}` }
+          : { driver: capabilities.defaultDriver, reason: `chosen ${when}, as ${capabilities.defaultDriverReason}` });
+      checkDriverRuns(abs, driver, known !== undefined, capabilities);
+      if (recorded === undefined) {
+        // Another process opening the same new root may have recorded first: its choice holds.
+        driver = recordDriver(store, driver);
+        checkGivenDriver(abs, driver, resolved.driver);
+        checkDriverRuns(abs, driver, true, capabilities);
+      }
+      debug('%s uses the %s driver: %s', abs, driver.driver, driver.reason);
       const userxattr = resolved.userxattr === 'auto' ? capabilities.userxattrNeeded : resolved.userxattr;
       const settings: SpecSettings = {
         snapshotsDir,
         overlayOptions: overlayOptions(resolved.mountOptions, userxattr, capabilities.indexParameter),
-        driver: resolved.driver,
+        driver: driver.driver,
       };
       const umask = process.umask();
-      const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0, capabilities);
+      const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0, capabilities, driver);
       await store.durable();
       // Recovery, as container managers do at start: leftovers of crashed
       // creations (staging dirs, ids never recorded) and of interrupted
@@ -644,7 +685,7 @@ export class Snapshotter {
         if ((p.problem === 'orphan' || p.problem === 'staging-leftover') && removed.includes(p.path.slice(this.snapshotsDir.length + 1))) p.repaired = true;
       }
     }
-    return { ok: problems.every((p) => p.repaired), problems };
+    return { ok: problems.every((p) => p.repaired), problems, driver: this.driver, driverReason: this.driverReason };
   }
 
   /**
@@ -786,6 +827,17 @@ function removeIfEmpty(dir: string, children: readonly string[]): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * UnavailableError when `driver` is overlay and overlay cannot run at the
+ * root: for a new store, before anything is recorded, so that it can still
+ * be opened with the native driver.
+ */
+function checkDriverRuns(root: string, driver: DriverRecord, existing: boolean, capabilities: Capabilities): void {
+  const why = capabilities.overlayUnavailable;
+  if (driver.driver !== 'overlay' || why === null) return;
+  throw new UnavailableError(existing ? `the store at ${root} uses the "overlay" driver, which cannot run here: ${why}` : why);
 }
 
 /**

@@ -3,6 +3,13 @@
 /** What a snapshot is: a writable `active`, a read-only `view`, or an immutable `committed` layer. */
 export type Kind = 'view' | 'active' | 'committed';
 
+/**
+ * How a store keeps its snapshots: `overlay` diffs stacked at mount time,
+ * or `native` full trees bound as they are. A property of the data, recorded
+ * when the store is created (lib/driver.ts).
+ */
+export type Driver = 'overlay' | 'native';
+
 /** Metadata of one snapshot, as returned by `stat`, `update` and `walk`. */
 export interface Info {
   /** What the snapshot is. */

@@ -91,7 +91,7 @@ describe('overlay-snapshotter CLI', () => {
       async (root) => {
         const [unknownCmd, missingArg, unknownOpt, badPair, badDuration, badFilter, excess, badDriver, debug] = await Promise.all([
           cliAt(root, ['bogus']),
-          cliAt(root, ['info']),
+          cliAt(root, ['mounts']),
           cliAt(root, ['ls', '--bogus']),
           cliAt(root, ['label', 'base', 'novalue']),
           cliAt(root, ['prune', '--grace-period', 'soon']),
@@ -481,16 +481,61 @@ describe('overlay-snapshotter CLI', () => {
         writeFileSync(join(root, 'snapshots', 'stray'), 'x');
         const [human, asJson] = await Promise.all([cliAt(root, ['check']), cliAt(root, ['check', '--json'])]);
         assert.equal(human.code, 7);
-        assert.match(human.stdout, /^PROBLEM +KEY +PATH +REPAIRED\norphan +- +\S+\/snapshots\/stray +no\n$/);
+        assert.match(human.stdout, /^driver: overlay \(chosen when the store was created, as overlay runs here: .*\)\nPROBLEM +KEY +PATH +REPAIRED\norphan +- +\S+\/snapshots\/stray +no\n$/);
         assert.equal(human.stderr, 'overlay-snapshotter: 1 problem left; run check --repair to fix what can be fixed\n');
         assert.equal(asJson.code, 7);
-        assert.deepEqual(json(asJson), { ok: false, problems: [{ problem: 'orphan', key: null, path: join(root, 'snapshots', 'stray'), mountPoints: null, repaired: false }] });
+        const report = json<{ driverReason: string }>(asJson);
+        assert.deepEqual(report, {
+          ok: false,
+          problems: [{ problem: 'orphan', key: null, path: join(root, 'snapshots', 'stray'), mountPoints: null, repaired: false }],
+          driver: 'overlay',
+          driverReason: report.driverReason,
+        });
+        assert.match(report.driverReason, /^chosen when the store was created, as overlay runs here/);
         const repaired = await cliAt(root, ['check', '--repair', '--json']);
         assert.equal(repaired.code, 0, repaired.stderr);
         assert.equal(json<{ ok: boolean; problems: { repaired: boolean }[] }>(repaired).problems[0]!.repaired, true);
         const clean = await cliAt(root, ['check']);
         assert.equal(clean.code, 0);
-        assert.equal(clean.stdout, 'ok: no problems found\n');
+        assert.match(clean.stdout, /^driver: overlay \(.*\)\nok: no problems found\n$/);
+      },
+    );
+  });
+
+  test('--driver and $OVERLAY_SNAPSHOTTER_DRIVER obey the recorded driver: another one exits 5 saying where it came from and changes nothing; info shows the driver', async () => {
+    await withRoot(
+      async (sn) => layer(sn, 'base'),
+      async (root, top) => {
+        const [flag, env, same, info, infoJson] = await Promise.all([
+          cliAt(root, ['--driver', 'native', 'prepare', 'c1', 'base']),
+          cliAt(root, ['prepare', 'c2', 'base'], { env: { OVERLAY_SNAPSHOTTER_DRIVER: 'native' } }),
+          cliAt(root, ['--driver', 'overlay', 'ls', '-q']),
+          cliAt(root, ['info']),
+          cliAt(root, ['info', '--json']),
+        ]);
+        assertOneLineError(flag, 5, /uses the "overlay" driver, but the "native" driver was asked for: .* \(the driver came from --driver native: drop it to use the store's own\)\n$/);
+        assertOneLineError(env, 5, /uses the "overlay" driver, .* \(the driver came from \$OVERLAY_SNAPSHOTTER_DRIVER=native: drop it to use the store's own\)\n$/);
+        assert.equal(same.code, 0, same.stderr);
+        assert.equal(same.stdout, 'base\n', 'the refused prepares created nothing');
+        assert.equal(info.code, 0, info.stderr);
+        assert.match(info.stdout, /^Root: +\S+\/root\nDriver: +overlay\nWhy: +chosen when the store was created, as overlay runs here: .*\nSnapshots: +1\n$/);
+        const store = json<Record<string, unknown>>(infoJson);
+        assert.deepEqual([Object.keys(store), store.root, store.driver, store.snapshots], [['root', 'driver', 'driverReason', 'snapshots'], root, 'overlay', 1]);
+
+        // A store created with --driver native keeps it: later commands need no flag, and the variable asking for overlay is refused.
+        const other = join(top, 'native-root');
+        const made = await cli(['--root', other, '--driver', 'native', '--json', 'prepare', 'x']);
+        assert.equal(made.code, 0, made.stderr);
+        const [commit, asked] = await Promise.all([
+          cli(['--root', other, 'commit', 'x-layer', 'x']),
+          cli(['--root', other, 'info', 'x'], { env: { OVERLAY_SNAPSHOTTER_DRIVER: 'overlay' } }),
+        ]);
+        assert.equal(commit.code, 0, commit.stderr);
+        assertOneLineError(asked, 5, /uses the "native" driver, but the "overlay" driver was asked for/);
+        const child = await cli(['--root', other, '--json', 'prepare', 'y', 'x-layer']);
+        assert.equal(child.code, 0, child.stderr);
+        assert.equal(json<{ mounts: Mount[] }>(child).mounts[0]!.type, 'bind', 'native: a copy, bound');
+        assert.equal(json<{ driver: string }>(await cli(['--root', other, '--json', 'info'])).driver, 'native');
       },
     );
   });
@@ -505,12 +550,16 @@ describe('overlay-snapshotter CLI', () => {
         const caps = json<Record<string, unknown>>(asJson);
         assert.equal(caps.kernelRelease, release());
         assert.equal(caps.cached, true, 'an existing store answers from its cache');
-        for (const k of ['overlay', 'dType', 'rootFilesystem', 'mountStrategy', 'overlayUnavailable']) assert.ok(k in caps, k);
+        for (const k of ['overlay', 'dType', 'rootFilesystem', 'mountStrategy', 'overlayUnavailable', 'defaultDriver', 'defaultDriverReason']) assert.ok(k in caps, k);
+        assert.equal(caps.driver, 'overlay', "the store's own driver");
+        assert.match(String(caps.driverReason), /^chosen when the store was created/);
         assert.equal(human.code, 0, human.stderr);
         assert.match(human.stdout, /^CAPABILITY +VALUE\nkernelRelease +\S+\n/);
         for (const k of Object.keys(caps)) assert.match(human.stdout, new RegExp(`\\n${k} +\\S`), k);
         assert.equal(notYet.code, 0, notYet.stderr);
         assert.match(notYet.stdout, /does not exist: probed in .* instead\.\n$/);
+        assert.match(notYet.stdout, /\ndefaultDriver +overlay\n/);
+        assert.match(notYet.stdout, /\ndriver +-\n/, 'no store, no driver');
         assert.equal(existsSync(join(top, 'not')), false, 'nothing is created for a missing root');
       },
     );

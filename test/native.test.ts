@@ -24,7 +24,7 @@ import {
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { Snapshotter, isInvalidArgument, isNotFound, isUnavailable, mountAll, unmountAll, type Mount } from '../lib/index.js';
+import { Snapshotter, isFailedPrecondition, isInvalidArgument, isNotFound, isUnavailable, mountAll, unmountAll, type Mount } from '../lib/index.js';
 import { lsetxattr, lutimesNs, lxattrs, mknod } from '../lib/layers/sys.js';
 import { buildMounts } from '../lib/specs.js';
 import { isMounted, removeTree, snapshotEntries, tempDir, withMounted, withSnapshotter } from './helpers/fixtures.js';
@@ -260,26 +260,32 @@ async function stackAndRun(sn: Snapshotter): Promise<void> {
 }
 
 describe('fallback where overlay cannot run', () => {
-  test('a root on overlayfs: open fails with ERR_UNAVAILABLE naming overlayfs, and driver native works there', mountOpts, async () => {
+  test('a new root on overlayfs picks native by itself and its containers see every layer; driver overlay there fails with ERR_UNAVAILABLE naming overlayfs', mountOpts, async () => {
     const dir = tempDir('ovl-native-');
     try {
       const merged = await mountOverlayAt(dir);
       const root = `${merged}/root`;
-      await assert.rejects(Snapshotter.open(root), (err: Error) => isUnavailable(err) && /is on overlayfs/.test(err.message) && /driver: 'native'/.test(err.message));
-      const sn = await Snapshotter.open(root, NATIVE);
+      await assert.rejects(Snapshotter.open(root, { driver: 'overlay' }), (err: Error) => isUnavailable(err) && /is on overlayfs/.test(err.message) && /driver: 'native'/.test(err.message));
+      const sn = await Snapshotter.open(root);
       try {
+        assert.equal(sn.driver, 'native', 'chosen with no option, although the refused open left a store file behind');
+        assert.match(sn.driverReason, /^chosen when the store was created, as overlay is not used here: snapshotter root .* is on overlayfs/);
         const caps = sn.capabilities;
         assert.equal(caps.rootFilesystem, 'overlay');
         assert.equal(caps.rootOnOverlay, true);
         assert.equal(caps.multipleLowerDirs, null, 'no overlay mount is tried on an overlayfs root');
         assert.match(caps.overlayUnavailable ?? '', /overlayfs/);
+        assert.equal(caps.defaultDriver, 'native');
+        assert.match(caps.defaultDriverReason, /is on overlayfs/);
         await stackAndRun(sn);
       } finally {
         await sn.close();
       }
-      const again = await Snapshotter.open(root, NATIVE);
+      const again = await Snapshotter.open(root);
       assert.equal(again.capabilities.cached, true, 'the probes are kept for the next open');
+      assert.equal(again.driver, 'native', 'and the driver is the recorded one');
       await again.close();
+      await assert.rejects(Snapshotter.open(root, { driver: 'overlay' }), (err: Error) => isFailedPrecondition(err) && /uses the "native" driver/.test(err.message));
       await unmountAll(merged);
       assert.equal(isMounted(merged), false);
     } finally {
@@ -290,7 +296,7 @@ describe('fallback where overlay cannot run', () => {
   const tools = ['mkfs.ext4', 'losetup'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
   const noDtypeOpts = tools.length > 0 && !REQUIRE_MOUNT ? { skip: `needs ${tools.join(' and ')}` } : mountOpts;
 
-  test('a filesystem without d_type (ext4 without filetype): open fails with ERR_UNAVAILABLE naming d_type, and driver native works there', noDtypeOpts, async () => {
+  test('a filesystem without d_type (ext4 without filetype): driver overlay fails with ERR_UNAVAILABLE naming d_type, and a new store picks native there by itself', noDtypeOpts, async () => {
     const dir = tempDir('ovl-nodtype-');
     let loop: string | undefined;
     const mnt = `${dir}/mnt`;
@@ -304,9 +310,11 @@ describe('fallback where overlay cannot run', () => {
       mkdirSync(mnt);
       await mountAll([{ type: 'ext4', source: loop, options: [] }], mnt);
       const root = `${mnt}/root`;
-      await assert.rejects(Snapshotter.open(root), (err: Error) => isUnavailable(err) && /d_type/.test(err.message) && /driver: 'native'/.test(err.message));
-      const sn = await Snapshotter.open(root, NATIVE);
+      await assert.rejects(Snapshotter.open(root, { driver: 'overlay' }), (err: Error) => isUnavailable(err) && /d_type/.test(err.message) && /driver: 'native'/.test(err.message));
+      const sn = await Snapshotter.open(root);
       try {
+        assert.equal(sn.driver, 'native');
+        assert.match(sn.driverReason, /does not record file types in directory entries \(d_type\)/);
         assert.equal(sn.capabilities.dType, false);
         assert.equal(sn.capabilities.rootFilesystem, 'ext4');
         await stackAndRun(sn);

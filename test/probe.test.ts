@@ -110,10 +110,12 @@ describe('capabilities', () => {
         assert.equal(caps.dType, true);
         assert.equal(caps.multipleLowerDirs, true);
         assert.equal(caps.overlayUnavailable, null);
+        assert.equal(caps.defaultDriver, 'overlay', 'a new store here takes overlay');
+        assert.equal(caps.defaultDriverReason, `overlay runs here: the root is on ${caps.rootFilesystem}, which records d_type, and an overlay with two lower dirs was mounted under it`);
       }
       assert.deepEqual(readdirSync(dir), [], 'scratch dirs of the probes are removed');
       assert.deepEqual(Object.keys(caps).sort(), [
-        'cached', 'dType', 'idmappedMounts', 'indexDefault', 'indexParameter', 'kernelRelease', 'lowerdirPlus', 'metacopyDefault', 'mountStrategy',
+        'cached', 'dType', 'defaultDriver', 'defaultDriverReason', 'idmappedMounts', 'indexDefault', 'indexParameter', 'kernelRelease', 'lowerdirPlus', 'metacopyDefault', 'mountStrategy',
         'multipleLowerDirs', 'overlay', 'overlayUnavailable', 'redirectDirDefault', 'rootFilesystem', 'rootOnOverlay', 'userNamespace', 'userXattrs',
         'userxattrNeeded',
       ]);
@@ -158,6 +160,23 @@ describe('capabilities', () => {
     }
   });
 
+  test('the default driver comes with the kept probe: where this process could not mount an overlay, a new store gets native and says why', mountOpts, async () => {
+    const dir = tempDir();
+    try {
+      const cache = memoryCache();
+      await probeCapabilities(dir, { cache });
+      const key = capabilityCacheKey();
+      cache.map.set(key, JSON.stringify({ ...(JSON.parse(cache.map.get(key)!) as object), multipleLowerDirs: null }));
+      const caps = await probeCapabilities(dir, { cache });
+      assert.equal(caps.cached, true);
+      assert.equal(caps.overlayUnavailable, null, 'overlay asked for is still allowed: its specs can go to a runtime that may mount');
+      assert.equal(caps.defaultDriver, 'native');
+      assert.equal(caps.defaultDriverReason, 'overlay is not used here: this process may not mount (EPERM), so no overlay mount could be tried under the root');
+    } finally {
+      await removeTree(dir);
+    }
+  });
+
   test('a root on tmpfs reports tmpfs; outside a user namespace it still needs no userxattr', mountOpts, async () => {
     const dir = tempDir();
     try {
@@ -167,6 +186,7 @@ describe('capabilities', () => {
       assert.equal(caps.userXattrs, kernelAtLeast(6, 6), 'tmpfs stores user.* xattrs from Linux 6.6');
       assert.equal(caps.userxattrNeeded, false);
       assert.equal(caps.multipleLowerDirs, true, 'overlay stacks on tmpfs');
+      assert.equal(caps.defaultDriver, 'overlay', 'and a new store there takes it');
     } finally {
       await unmountAll(dir);
       assert.equal(isMounted(dir), false);

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { NotFoundError, Snapshotter } from '../index.js';
+import { type Driver, FailedPreconditionError, NotFoundError, Snapshotter, isFailedPrecondition } from '../index.js';
 import { Progress, type ProgressSpec } from './progress.js';
 
 export const DEFAULT_ROOT = '/var/lib/overlay-snapshotter';
@@ -15,23 +15,42 @@ export const DRIVER_ENV = 'OVERLAY_SNAPSHOTTER_DRIVER';
 export interface GlobalOptions {
   root: string;
   json?: boolean;
-  driver: 'overlay' | 'native';
+  /** Not given: the store's own driver, or the one chosen for a new store. */
+  driver?: Driver;
 }
 
 export class Context {
   readonly root: string;
   readonly json: boolean;
-  readonly driver: 'overlay' | 'native';
+  readonly driver: Driver | undefined;
+  /** Where `driver` came from, for the message of a mismatch: `--driver` or the environment. */
+  private readonly driverFrom: string;
 
-  constructor(globals: GlobalOptions) {
+  constructor(globals: GlobalOptions, driverSource?: string) {
     this.root = resolve(globals.root);
     this.json = globals.json === true;
     this.driver = globals.driver;
+    this.driverFrom = driverSource === 'env' ? `$${DRIVER_ENV}=${globals.driver}` : `--driver ${globals.driver}`;
   }
 
   /** The context of the command being run (global options merged from the program). */
   static of(command: Command): Context {
-    return new Context(command.optsWithGlobals<GlobalOptions>());
+    return new Context(command.optsWithGlobals<GlobalOptions>(), command.getOptionValueSourceWithGlobals('driver'));
+  }
+
+  /**
+   * Opens the snapshotter at the root with the driver asked for, if any.
+   * A store of another driver is refused by the library; the message then
+   * says where the driver came from, since an environment variable set
+   * long ago is easy to forget.
+   */
+  async open(): Promise<Snapshotter> {
+    try {
+      return await Snapshotter.open(this.root, this.driver === undefined ? {} : { driver: this.driver });
+    } catch (err) {
+      if (!isFailedPrecondition(err) || this.driver === undefined) throw err;
+      throw new FailedPreconditionError(`${err.message} (the driver came from ${this.driverFrom}: drop it to use the store's own)`, { cause: err });
+    }
   }
 
   /** Whether a store exists at the root (its metadata.db, see docs/api.md). */
@@ -48,7 +67,7 @@ export class Context {
     if (!create && !this.exists()) {
       throw new NotFoundError(`no snapshotter store at ${this.root} (no metadata.db); pass --root DIR or set ${ROOT_ENV}`);
     }
-    const sn = await Snapshotter.open(this.root, { driver: this.driver });
+    const sn = await this.open();
     try {
       return await fn(sn);
     } finally {

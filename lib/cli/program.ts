@@ -22,7 +22,9 @@ export function createProgram(): Command {
     .description('Inspect, create, mount, import, diff, clean up and prune overlayfs snapshots (containerd semantics).')
     .version(VERSION, '-V, --version')
     .addOption(new Option('--root <dir>', 'snapshotter root').env(ROOT_ENV).default(DEFAULT_ROOT))
-    .addOption(new Option('--driver <driver>', 'how snapshots are stored: overlay, or native (copies, for roots on overlayfs)').choices(['overlay', 'native']).env(DRIVER_ENV).default('overlay'))
+    .addOption(
+      new Option('--driver <driver>', "how a new store keeps snapshots: overlay, or native (copies); default: the store's own, or chosen by the root").choices(['overlay', 'native']).env(DRIVER_ENV),
+    )
     .option('--json', 'machine-readable output on stdout (shapes in docs/cli.md)')
     // Errors and their exit codes are decided in main.ts.
     .exitOverride()

@@ -59,10 +59,26 @@ export function registerInspect(program: Command): void {
 
   program
     .command('info')
-    .description("show a snapshot's metadata")
-    .argument('<key>', 'key or name of the snapshot')
-    .action(async (key: string, _opts: unknown, cmd: Command) => {
+    .description("show a snapshot's metadata; without KEY, the store's (root, driver, snapshot count)")
+    .argument('[key]', 'key or name of the snapshot')
+    .action(async (key: string | undefined, _opts: unknown, cmd: Command) => {
       const ctx = Context.of(cmd);
+      if (key === undefined) {
+        const store = await ctx.with(async (sn) => {
+          let snapshots = 0;
+          await sn.walk(() => void snapshots++);
+          return { root: sn.root, driver: sn.driver, driverReason: sn.driverReason, snapshots };
+        });
+        ctx.output(store, () =>
+          fields([
+            ['Root', store.root],
+            ['Driver', store.driver],
+            ['Why', store.driverReason],
+            ['Snapshots', String(store.snapshots)],
+          ]),
+        );
+        return;
+      }
       const info = await ctx.with((sn) => sn.stat(key));
       ctx.output(infoJson(info), () => {
         const labels = Object.keys(info.labels).sort();

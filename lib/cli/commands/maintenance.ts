@@ -2,7 +2,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Command } from 'commander';
-import { type Capabilities, type PruneOptions, type PruneReport, isUnavailable, probeCapabilities, Snapshotter } from '../../index.js';
+import { type Capabilities, type Driver, type PruneOptions, type PruneReport, isUnavailable, probeCapabilities, Snapshotter } from '../../index.js';
 import { Context } from '../context.js';
 import { diskUsage } from '../du.js';
 import { EXIT, ExitError } from '../exit.js';
@@ -92,10 +92,16 @@ function pruneHuman(r: PruneReport, verbose: boolean): string {
   return out;
 }
 
+/** What `capabilities` prints: the probed facts, and the driver of the store when there is one. */
+type CapabilitiesJson = Capabilities & { driver: Driver | null; driverReason: string | null };
+
+/** Fields where `null` means "nothing to show" rather than "untested". */
+const NULL_IS_NONE = new Set(['overlayUnavailable', 'driver', 'driverReason']);
+
 /** Capabilities as `field  value` rows; `null` shown as "untested". */
-function capabilitiesHuman(c: Capabilities, note: string | undefined): string {
-  // null means "could not be tested here", except for overlayUnavailable, where it means "nothing stands in the way".
-  const show = (k: string, v: unknown) => (v === null ? (k === 'overlayUnavailable' ? '-' : 'untested') : typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v));
+function capabilitiesHuman(c: CapabilitiesJson, note: string | undefined): string {
+  // null means "could not be tested here", except for the fields above, where it means "nothing stands in the way" or "no store".
+  const show = (k: string, v: unknown) => (v === null ? (NULL_IS_NONE.has(k) ? '-' : 'untested') : typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v));
   const rows = Object.entries(c).map(([k, v]) => [k, show(k, v)]);
   return table(['CAPABILITY', 'VALUE'], rows) + (note === undefined ? '' : `\n${note}\n`);
 }
@@ -107,13 +113,14 @@ function capabilitiesHuman(c: Capabilities, note: string | undefined): string {
  * or, for a root that does not exist yet, from a scratch directory made
  * beside where it would be, so that nothing is created at the root itself.
  */
-async function capabilities(ctx: Context): Promise<{ caps: Capabilities; note?: string }> {
+async function capabilities(ctx: Context): Promise<{ caps: CapabilitiesJson; note?: string }> {
+  const noStore = { driver: null, driverReason: null };
   if (existsSync(ctx.root)) {
     if (ctx.exists()) {
       try {
-        const sn = await Snapshotter.open(ctx.root, { driver: ctx.driver });
+        const sn = await ctx.open();
         try {
-          return { caps: sn.capabilities };
+          return { caps: { ...sn.capabilities, driver: sn.driver, driverReason: sn.driverReason } };
         } finally {
           await sn.close();
         }
@@ -121,13 +128,13 @@ async function capabilities(ctx: Context): Promise<{ caps: Capabilities; note?: 
         if (!isUnavailable(err)) throw err;
       }
     }
-    return { caps: await probeCapabilities(ctx.root) };
+    return { caps: { ...(await probeCapabilities(ctx.root)), ...noStore } };
   }
   let parent = dirname(ctx.root);
   while (!existsSync(parent)) parent = dirname(parent);
   const scratch = mkdtempSync(join(parent, '.overlay-snapshotter-probe-'));
   try {
-    return { caps: await probeCapabilities(scratch), note: `${ctx.root} does not exist: probed in ${parent} instead.` };
+    return { caps: { ...(await probeCapabilities(scratch)), ...noStore }, note: `${ctx.root} does not exist: probed in ${parent} instead.` };
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -206,11 +213,14 @@ export function registerMaintenance(program: Command): void {
       const asJson = {
         ok: report.ok,
         problems: report.problems.map((p) => ({ problem: p.problem, key: p.key ?? null, path: p.path, mountPoints: p.mountPoints ?? null, repaired: p.repaired })),
+        driver: report.driver,
+        driverReason: report.driverReason,
       };
       ctx.output(asJson, () => {
-        if (report.problems.length === 0) return 'ok: no problems found\n';
+        const driver = `driver: ${report.driver} (${report.driverReason})\n`;
+        if (report.problems.length === 0) return `${driver}ok: no problems found\n`;
         const mounted = report.problems.some((p) => p.mountPoints !== undefined);
-        return table(
+        return driver + table(
           ['PROBLEM', 'KEY', 'PATH', 'REPAIRED', ...(mounted ? ['MOUNTED ON'] : [])],
           report.problems.map((p) => [
             p.problem,
