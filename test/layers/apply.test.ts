@@ -28,6 +28,27 @@ async function withDirs(fn: (top: string) => Promise<void>): Promise<void> {
 
 const src = (buf: Buffer): Readable => Readable.from([buf]);
 
+/** A lower and an upper under `top` that both hold the dir `d`, each with a file of its own: what an opaque marker on the upper's `d` would hide. */
+function layersSharingD(top: string, suffix = ''): { lower: string; upper: string } {
+  const lower = join(top, `lower${suffix}`);
+  const upper = join(top, `upper${suffix}`);
+  buildTree(lower, [
+    { path: 'd', type: 'dir' },
+    { path: 'd/from-lower', type: 'file', content: 'lower' },
+  ]);
+  buildTree(upper, [
+    { path: 'd', type: 'dir' },
+    { path: 'd/from-upper', type: 'file', content: 'upper' },
+  ]);
+  return { lower, upper };
+}
+
+/** The upper is entry for entry as `before` (overlay xattrs included), and no undo dir is left beside it. */
+function assertAsBefore(top: string, upper: string, before: ReturnType<typeof treeFingerprint>): void {
+  assert.deepEqual(compareFingerprints(before.entries, treeFingerprint(upper, { dirMtimes: true }).entries, ['before', 'after']), []);
+  assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
+}
+
 describe('applyLayer', mountTestOptions(), () => {
   test('a hard link to a lower file copies the file up and links to the copy', () =>
     withDirs(async (top) => {
@@ -295,44 +316,25 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.equal(fingerprints[0]!.entries.get('d/f7')?.mode, 0o4755);
       assert.equal(fingerprints[0]!.entries.get('d/f3')?.type, 'symlink');
       // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays,
-      // not even the opaque marker the layer put first on a dir of the upper (which would hide the lower's d/below).
+      // not even the opaque marker the layer put first on a dir of the upper (which would hide the lower's d/from-lower).
       const bad = await packTar([
         { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
         ...entries.slice(0, 300),
         { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' },
         ...entries.slice(300, 400),
       ]);
-      const lower = join(top, 'lower-bad');
-      const upper = join(top, 'upper-bad');
-      buildTree(lower, [
-        { path: 'd', type: 'dir' },
-        { path: 'd/below', type: 'file', content: 'lower' },
-      ]);
-      buildTree(upper, [
-        { path: 'd', type: 'dir' },
-        { path: 'd/f1', type: 'file', content: 'from an earlier layer' },
-      ]);
+      const { lower, upper } = layersSharingD(top, '-bad');
       const before = treeFingerprint(upper, { dirMtimes: true });
       await inMode('1', () => assert.rejects(applyLayer(src(bad), { upper, lowers: [lower] }), { code: 'ENAMETOOLONG' }));
-      assert.deepEqual(compareFingerprints(before.entries, treeFingerprint(upper, { dirMtimes: true }).entries, ['before', 'after']), []);
+      assertAsBefore(top, upper, before);
       assert.equal(lgetxattr(join(upper, 'd'), OPAQUE), undefined);
-      assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
     }));
 
   for (const userxattr of [false, true]) {
     const xattr = userxattr ? 'user.overlay.opaque' : OPAQUE;
     test(`a refused layer that first made a directory of the upper opaque leaves it without ${xattr}, and the lower's entries show through again`, () =>
       withDirs(async (top) => {
-        const lower = join(top, 'lower');
-        const upper = join(top, 'upper');
-        buildTree(lower, [
-          { path: 'd', type: 'dir' },
-          { path: 'd/from-lower', type: 'file', content: 'lower' },
-        ]);
-        buildTree(upper, [
-          { path: 'd', type: 'dir' },
-          { path: 'd/from-upper', type: 'file', content: 'upper' },
-        ]);
+        const { lower, upper } = layersSharingD(top);
         const before = treeFingerprint(upper, { dirMtimes: true });
         const opaque = [
           { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
@@ -340,8 +342,8 @@ describe('applyLayer', mountTestOptions(), () => {
         ];
         const refused = await packTar([...opaque, { header: { name: 'd/../../escape', type: 'file' }, body: 'x' }]);
         await assert.rejects(applyLayer(src(refused), { upper, lowers: [lower], userxattr }), InvalidArgumentError);
+        assertAsBefore(top, upper, before);
         assert.equal(lgetxattr(join(upper, 'd'), xattr), undefined);
-        assert.deepEqual(compareFingerprints(before.entries, treeFingerprint(upper, { dirMtimes: true }).entries, ['before', 'after']), []);
         const mnt = join(top, 'mnt');
         mkdirSync(mnt);
         const options = userxattr ? ['userxattr'] : [];
