@@ -9,12 +9,12 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { Snapshotter, chainIds, unmountAll, type Mount } from '../lib/index.js';
 import { createProgram } from '../lib/cli/program.js';
 import { cli, cliAt, gzip, inTerminal, json, makeLayer, sha256, tarNames, terminalSkipReason, type CliResult } from './helpers/cli.js';
 import { isMounted, removeTree, tempDir } from './helpers/fixtures.js';
-import { mountTestOptions } from './helpers/require-mount.js';
+import { assertPrerequisite, mountTestOptions, prerequisiteOptions } from './helpers/require-mount.js';
 
 /** The directory an active snapshot's writes go to, from its mount spec (public API only). */
 function upperOf(mounts: Mount[]): string {
@@ -565,7 +565,10 @@ describe('overlay-snapshotter CLI', () => {
     );
   });
 
-  describe('on a terminal', { skip: terminalSkipReason() }, () => {
+  const TERMINAL_MISSING = terminalSkipReason();
+  describe('on a terminal', prerequisiteOptions(TERMINAL_MISSING), () => {
+    before(() => assertPrerequisite(TERMINAL_MISSING));
+
     test('prune asks first, and "n" keeps everything', async () => {
       await withRoot(
         async (sn) => layer(sn, 'loose'),

@@ -40,7 +40,7 @@ test('four processes running 1,000 mixed operations each on one root see only ty
   const top = tempDir();
   const root = join(top, 'root');
   try {
-    (await Snapshotter.open(root)).close();
+    await (await Snapshotter.open(root)).close();
     const counts = await Promise.all([1, 2, 3, 4].map((seed) => run(root, seed, 1000)));
     assert.equal(counts.reduce((n, c) => n + c.ops, 0), 4000);
     assert.ok(counts.every((c) => c.created > 0 && c.removed > 0 && c.committed > 0), JSON.stringify(counts));

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -250,8 +251,10 @@ describe('mountAll argument checks (before any syscall)', () => {
     await assert.rejects(mountAll(mounts, target), UnavailableError);
   });
 
-  test('mountAll of no mounts does nothing', async () => {
-    await mountAll([], target);
+  test('mountAll of no mounts does nothing: no mount is made and the target is not even created', async () => {
+    assert.equal(await mountAll([], target), undefined);
+    assert.deepEqual(mountsBelow(join(target, '..')), []);
+    assert.equal(fs.existsSync(join(target, '..')), false);
   });
 
   test(`the strategy is the option, else ${STRATEGY_ENV}, else the probe`, (t) => {
@@ -614,10 +617,21 @@ describe('mounting', mountTestOptions(), () => {
       try {
         await mountAll([{ type: 'bind', source: src, options: ['rbind'] }], target);
         fd = fs.openSync(join(target, 'held'), 'r');
+        // While the file is open the kernel refuses a plain unmount with EBUSY.
+        const plain = spawnSync('umount', [target], { encoding: 'utf8' });
+        assert.notEqual(plain.status, 0, 'umount(8) of a busy mount fails');
+        assert.match(plain.stderr, /busy/);
+        assert.equal(mountCount(target), 1);
         const held = fd;
-        setTimeout(() => fs.closeSync(held), 200);
+        let mountedWhenClosed: boolean | undefined;
+        setTimeout(() => {
+          mountedWhenClosed = mountCount(target) === 1;
+          fs.closeSync(held);
+        }, 200);
         await unmountAll(target);
         fd = undefined;
+        // Returned only after the close, and the mount was still there until then (a lazy detach would be gone at once).
+        assert.equal(mountedWhenClosed, true, 'unmountAll returned before the file was closed, or detached the mount while it was busy');
         assert.equal(mountCount(target), 0);
       } finally {
         await unmountAll(target);

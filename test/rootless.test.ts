@@ -12,7 +12,7 @@ import { describe, test } from 'node:test';
 import type { Capabilities, Mount } from '../lib/index.js';
 import { kernelAtLeast } from '../lib/probe.js';
 import { removeTree, tempDir } from './helpers/fixtures.js';
-import { REQUIRE_MOUNT, mountSkipReason } from './helpers/require-mount.js';
+import { REQUIRE_MOUNT, assertPrerequisite, mountSkipReason, prerequisiteOptions, toolSkipReason } from './helpers/require-mount.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const CHILD = fileURLToPath(new URL('./helpers/rootless-child.ts', import.meta.url));
@@ -48,6 +48,7 @@ function skipReason(): string | undefined {
 }
 
 const reason = skipReason();
+const SETPRIV_MISSING = toolSkipReason('setpriv', ['--version'], '(util-linux) to run as an unprivileged host user');
 const options = reason === undefined || REQUIRE_MOUNT ? {} : { skip: reason };
 
 /** Runs the child in new user and mount namespaces, optionally as an unprivileged host user, and returns its report. */
@@ -98,7 +99,8 @@ describe('rootless: in a user namespace', options, () => {
     }
   });
 
-  test('as an unprivileged host user (setpriv) owning the root, the same works with no privilege on the host', { skip: works('setpriv', ['--version']) ? false : 'setpriv is missing' }, async () => {
+  test('as an unprivileged host user (setpriv) owning the root, the same works with no privilege on the host', prerequisiteOptions(SETPRIV_MISSING), async () => {
+    assertPrerequisite(SETPRIV_MISSING);
     const dir = tempDir('ovl-userns-');
     try {
       chownSync(dir, UNPRIVILEGED, UNPRIVILEGED);

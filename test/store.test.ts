@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Snapshotter } from '../lib/index.js';
 import { removeTree, tempDir } from './helpers/fixtures.js';
+import { assertPrerequisite, prerequisiteOptions, toolSkipReason } from './helpers/require-mount.js';
 
 const LIB = fileURLToPath(new URL('../lib/index.ts', import.meta.url));
 
@@ -142,13 +143,15 @@ test('a cache miss followed by many writes in one turn of the event loop does no
   }
 });
 
-test('every mutating call returns only after a sync of the WAL that began after its last write to it', async (t) => {
-  if (spawnSync('strace', ['-V']).status !== 0) return t.skip('needs strace to watch the syscalls');
+const STRACE_MISSING = toolSkipReason('strace', ['-V'], 'to watch the system calls');
+
+test('every mutating call returns only after a sync of the WAL that began after its last write to it, and commit syncs the layer before it writes the record', prerequisiteOptions(STRACE_MISSING), async () => {
+  assertPrerequisite(STRACE_MISSING);
   const dir = tempDir();
   try {
     const log = join(dir, 'strace.log');
     const child = fileURLToPath(new URL('./helpers/durable-child.ts', import.meta.url));
-    const result = spawnSync('strace', ['-f', '-qq', '-e', 'trace=openat,pwrite64,fsync,fdatasync,write', '-o', log, process.execPath, '--import', 'tsx', child, join(dir, 'root')], {
+    const result = spawnSync('strace', ['-f', '-qq', '-e', 'trace=openat,pwrite64,fsync,fdatasync,syncfs,write', '-o', log, process.execPath, '--import', 'tsx', child, join(dir, 'root')], {
       encoding: 'utf8',
     });
     assert.equal(result.status, 0, result.stderr);
@@ -165,10 +168,12 @@ test('every mutating call returns only after a sync of the WAL that began after 
     const syncEnd = (l: string) =>
       (/(?:fdatasync|fsync)\((\d+)\)\s+= 0/.test(l) && syncStart(l)) || /<\.\.\. (?:fdatasync|fsync) resumed>\)\s+= 0/.test(l);
     const calls: string[] = [];
+    const done = new Map<string, number>();
     lines.forEach((line, i) => {
       const m = /write\(2, "DONE ([^\\"]*)/.exec(line);
       if (!m) return;
       calls.push(m[1]!);
+      done.set(m[1]!, i);
       let lastWrite = -1;
       for (let j = i - 1; j >= 0; j--) {
         if (isWalWrite(lines[j]!)) {
@@ -192,6 +197,29 @@ test('every mutating call returns only after a sync of the WAL that began after 
       assert.ok(synced, `${m[1]} returned before its commit was synced`);
     });
     assert.deepEqual(calls, ['prepare', 'commit', 'update', 'view', 'prepare burst', 'concurrent removes', 'remove']);
+
+    // The commit (between "DONE prepare" and "DONE commit"): a syncfs(2) of
+    // the layer's own fs dir finishes before the first write of the record.
+    const from = done.get('prepare')!;
+    const to = done.get('commit')!;
+    const firstRecordWrite = lines.findIndex((l, i) => i > from && i < to && isWalWrite(l));
+    assert.ok(firstRecordWrite > from, 'commit wrote its record to the WAL');
+    const layerFds = new Set<string>();
+    let layerSynced = false;
+    for (let i = from + 1; i < firstRecordWrite; i++) {
+      const line = lines[i]!;
+      const opened = /openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", [^)]*\) = (\d+)/.exec(line);
+      if (opened) layerFds.add(opened[1]!);
+      const synced = /syncfs\((\d+)\)\s+= 0/.exec(line);
+      if (synced && layerFds.has(synced[1]!)) layerSynced = true;
+      // A syncfs interrupted in the log by another thread's line ends in a "resumed" line of the same thread.
+      const started = /^(\d+) +syncfs\((\d+) <unfinished/.exec(line);
+      if (started && layerFds.has(started[2]!)) {
+        const end = lines.findIndex((l, k) => k > i && k < firstRecordWrite && l.startsWith(`${started[1]} `) && /<\.\.\. syncfs resumed>\)\s+= 0/.test(l));
+        if (end > 0) layerSynced = true;
+      }
+    }
+    assert.ok(layerSynced, 'commit synced the layer (syncfs of snapshots/1/fs) before it wrote the record');
   } finally {
     await removeTree(dir);
   }

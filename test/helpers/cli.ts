@@ -3,12 +3,13 @@
  * no build needed), plainly or on a pseudo-terminal under util-linux
  * `script`, and small layer tarballs to feed it.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
+import { toolSkipReason } from './require-mount.js';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MAIN = join(REPO, 'lib/cli/main.ts');
@@ -75,9 +76,7 @@ export function json<T = unknown>(r: CliResult): T {
 
 /** Why terminal tests cannot run here (no util-linux `script`), or undefined. */
 export function terminalSkipReason(): string | undefined {
-  const r = spawnSync('script', ['--version'], { encoding: 'utf8' });
-  if (r.error !== undefined || r.status !== 0 || !/util-linux/.test(r.stdout)) return 'terminal tests need util-linux script(1)';
-  return undefined;
+  return toolSkipReason('script', ['--version'], '(util-linux) to run the command on a terminal', /util-linux/);
 }
 
 function shellQuote(word: string): string {

@@ -164,9 +164,15 @@ export interface Fingerprint {
   xattrs: string;
 }
 
+/**
+ * Every xattr, overlayfs' own included: an opaque marker left on an upper
+ * dir hides the lower layers' entries of that dir, so "the upper as before"
+ * must see it. (A mounted overlay does not list them, so merged views
+ * compare the same with or without.)
+ */
 function xattrString(map: Map<string, Buffer>): string {
   return [...map]
-    .filter(([k]) => !/^(trusted|user)\.overlay\./.test(k))
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([k, v]) => `${k}=${v.toString('hex')}`)
     .join(',');
 }
@@ -249,7 +255,7 @@ export async function tarFingerprint(layer: Buffer): Promise<{ entries: Map<stri
         gid: header.gid,
         size: type === 'file' ? data.length : 0,
         mtime,
-        xattrs: xattrString(new Map([...xattrs].sort(([a], [b]) => (a < b ? -1 : 1)))),
+        xattrs: xattrString(xattrs),
       };
       if (type === 'file') fp.sha = createHash('sha256').update(data).digest('hex');
       if (type === 'symlink') fp.link = header.linkname ?? '';
@@ -284,9 +290,9 @@ export async function packTar(entries: Array<{ header: Record<string, unknown> &
   return Buffer.concat(chunks);
 }
 
-/** Mounts a read-only overlay of `lowers` (top first) at `target` with the mount command. */
-export function mountOverlay(lowers: string[], target: string): void {
-  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')}`, target]);
+/** Mounts a read-only overlay of `lowers` (top first) at `target` with the mount command; `extra` adds options (`userxattr`). */
+export function mountOverlay(lowers: string[], target: string, extra: string[] = []): void {
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', [`lowerdir=${lowers.join(':')}`, ...extra].join(','), target]);
 }
 
 export function unmount(target: string): void {

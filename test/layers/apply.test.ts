@@ -10,7 +10,7 @@ import { InvalidArgumentError } from '../../lib/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { detectCompression } from '../../lib/layers/compression.js';
 import { lgetxattr } from '../../lib/layers/sys.js';
-import { buildTree, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { buildTree, compareFingerprints, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
 const OPAQUE = 'trusted.overlay.opaque';
@@ -27,6 +27,27 @@ async function withDirs(fn: (top: string) => Promise<void>): Promise<void> {
 }
 
 const src = (buf: Buffer): Readable => Readable.from([buf]);
+
+/** A lower and an upper under `top` that both hold the dir `d`, each with a file of its own: what an opaque marker on the upper's `d` would hide. */
+function layersSharingD(top: string, suffix = ''): { lower: string; upper: string } {
+  const lower = join(top, `lower${suffix}`);
+  const upper = join(top, `upper${suffix}`);
+  buildTree(lower, [
+    { path: 'd', type: 'dir' },
+    { path: 'd/from-lower', type: 'file', content: 'lower' },
+  ]);
+  buildTree(upper, [
+    { path: 'd', type: 'dir' },
+    { path: 'd/from-upper', type: 'file', content: 'upper' },
+  ]);
+  return { lower, upper };
+}
+
+/** The upper is entry for entry as `before` (overlay xattrs included), and no undo dir is left beside it. */
+function assertAsBefore(top: string, upper: string, before: ReturnType<typeof treeFingerprint>): void {
+  assert.deepEqual(compareFingerprints(before.entries, treeFingerprint(upper, { dirMtimes: true }).entries, ['before', 'after']), []);
+  assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
+}
 
 describe('applyLayer', mountTestOptions(), () => {
   test('a hard link to a lower file copies the file up and links to the copy', () =>
@@ -68,17 +89,29 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.equal(readFileSync(join(upper, 'a/b/c'), 'utf8'), 'c');
     }));
 
-  test('a whiteout hides only lower layers: an entry of the same layer stays, before or after the marker', () =>
+  test('a whiteout hides only lower layers: the lower entry it names is gone from the mount, an entry of the same layer stays, before or after the marker', () =>
     withDirs(async (top) => {
       const lower = join(top, 'lower');
       const upper = join(top, 'upper');
       buildTree(lower, [
+        { path: 'w', type: 'dir' },
+        { path: 'w/gone', type: 'file', content: 'lower gone' },
+        { path: 'w/kept', type: 'file', content: 'lower kept' },
+        { path: 'w/x', type: 'file', content: 'lower x' },
         { path: 'd', type: 'dir' },
         { path: 'd/old', type: 'file', content: 'old' },
         { path: 'd/x', type: 'file', content: 'lower x' },
       ]);
       mkdirSync(upper);
       const layer = await packTar([
+        // w is not opaque: only the whiteouts decide what of the lower w shows.
+        { header: { name: 'w', type: 'directory' } },
+        { header: { name: 'w/.wh.gone', type: 'file' }, body: '' },
+        { header: { name: 'w/x', type: 'file' }, body: 'layer x' },
+        { header: { name: 'w/.wh.x', type: 'file' }, body: '' },
+        { header: { name: 'w/.wh.mine', type: 'file' }, body: '' },
+        { header: { name: 'w/mine', type: 'file' }, body: 'mine' },
+        // d is opaque, and the marker comes after entries of the same layer.
         { header: { name: 'd', type: 'directory' } },
         { header: { name: 'd/x', type: 'file' }, body: 'layer x' },
         { header: { name: 'd/.wh.x', type: 'file' }, body: '' },
@@ -87,11 +120,16 @@ describe('applyLayer', mountTestOptions(), () => {
         { header: { name: 'd/after', type: 'file' }, body: 'after' },
       ]);
       await applyLayer(src(layer), { upper, lowers: [lower] });
+      assert.equal(lgetxattr(join(upper, 'w'), OPAQUE), undefined);
       assert.equal(lgetxattr(join(upper, 'd'), OPAQUE)?.toString(), 'y');
       const mnt = join(top, 'mnt');
       mkdirSync(mnt);
       mountOverlay([upper, lower], mnt);
       try {
+        assert.deepEqual(readdirSync(join(mnt, 'w')).sort(), ['kept', 'mine', 'x'], 'the whiteout hides the lower w/gone; w/kept shows through');
+        assert.equal(readFileSync(join(mnt, 'w/kept'), 'utf8'), 'lower kept');
+        assert.equal(readFileSync(join(mnt, 'w/x'), 'utf8'), 'layer x');
+        assert.equal(readFileSync(join(mnt, 'w/mine'), 'utf8'), 'mine');
         assert.deepEqual(readdirSync(join(mnt, 'd')).sort(), ['after', 'mine', 'x']);
         assert.equal(readFileSync(join(mnt, 'd/x'), 'utf8'), 'layer x');
       } finally {
@@ -186,15 +224,28 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.ok(lstatSync(join(upper, 'dirlink')).isDirectory());
     }));
 
-  test('a directory of the upper replaced by a file goes away with its contents', () =>
+  test('a directory of the upper replaced by a file or by a symlink goes away with its contents', () =>
     withDirs(async (top) => {
       const upper = join(top, 'upper');
       buildTree(upper, [
         { path: 'd', type: 'dir' },
-        { path: 'd/x', type: 'file' },
+        { path: 'd/x', type: 'file', content: 'x' },
+        { path: 'd/sub', type: 'dir' },
+        { path: 'd/sub/y', type: 'file', content: 'y' },
+        { path: 'e', type: 'dir' },
+        { path: 'e/z', type: 'file', content: 'z' },
       ]);
-      await applyLayer(src(await packTar([{ header: { name: 'd', type: 'symlink', linkname: 'elsewhere' } }])), { upper, lowers: [] });
-      assert.equal(readlinkSync(join(upper, 'd')), 'elsewhere');
+      const layer = await packTar([
+        { header: { name: 'd', type: 'file' }, body: 'now a file' },
+        { header: { name: 'e', type: 'symlink', linkname: 'elsewhere' } },
+      ]);
+      await applyLayer(src(layer), { upper, lowers: [] });
+      assert.ok(lstatSync(join(upper, 'd')).isFile());
+      assert.equal(readFileSync(join(upper, 'd'), 'utf8'), 'now a file');
+      assert.ok(lstatSync(join(upper, 'e')).isSymbolicLink());
+      assert.equal(readlinkSync(join(upper, 'e')), 'elsewhere');
+      assert.deepEqual([...treeFingerprint(upper).entries.keys()], ['d', 'e'], 'nothing of the old dirs is left in the upper');
+      assert.deepEqual(readdirSync(top), ['upper'], 'nor beside it (no undo dir)');
     }));
 
   test('the digest covers the whole uncompressed stream, padding included, and gzip is detected', () =>
@@ -208,7 +259,7 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.equal(res.compression, 'gzip');
     }));
 
-  test('an empty stream, garbage, a truncated tar and xz are InvalidArgumentError, and the upper is untouched', () =>
+  test('garbage, a truncated tar and xz are InvalidArgumentError, and the upper is untouched', () =>
     withDirs(async (top) => {
       const upper = join(top, 'upper');
       buildTree(upper, [{ path: 'keep', type: 'file', content: 'k' }]);
@@ -228,9 +279,17 @@ describe('applyLayer', mountTestOptions(), () => {
         await assert.rejects(applyLayer(src(buf), { upper, lowers: [] }), InvalidArgumentError, what);
         assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before, what);
       }
-      // An empty stream is an empty layer (nothing to apply).
+    }));
+
+  test('an empty stream is an empty layer, as in containerd: nothing changes and the digest is that of no bytes', () =>
+    withDirs(async (top) => {
+      const upper = join(top, 'upper');
+      buildTree(upper, [{ path: 'keep', type: 'file', content: 'k' }]);
+      const before = treeFingerprint(upper, { dirMtimes: true });
       const res = await applyLayer(src(Buffer.alloc(0)), { upper, lowers: [] });
-      assert.equal(res.size, 0);
+      assert.deepEqual(res, { digest: `sha256:${createHash('sha256').digest('hex')}`, size: 0, compression: 'none' });
+      assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before);
+      assert.deepEqual(readdirSync(top), ['upper']);
     }));
 
   test('files made by the writer threads match files made inline, and a failure in a writer thread undoes the apply', () =>
@@ -256,15 +315,55 @@ describe('applyLayer', mountTestOptions(), () => {
       assert.deepEqual(fingerprints[0], fingerprints[1]);
       assert.equal(fingerprints[0]!.entries.get('d/f7')?.mode, 0o4755);
       assert.equal(fingerprints[0]!.entries.get('d/f3')?.type, 'symlink');
-      // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays.
-      const bad = await packTar([...entries.slice(0, 300), { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' }, ...entries.slice(300, 400)]);
-      const upper = join(top, 'upper-bad');
-      mkdirSync(upper);
+      // A name too long for the filesystem fails in open(2) on a writer thread: the error surfaces and nothing stays,
+      // not even the opaque marker the layer put first on a dir of the upper (which would hide the lower's d/from-lower).
+      const bad = await packTar([
+        { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
+        ...entries.slice(0, 300),
+        { header: { name: `d/${'n'.repeat(300)}`, type: 'file' }, body: 'x' },
+        ...entries.slice(300, 400),
+      ]);
+      const { lower, upper } = layersSharingD(top, '-bad');
       const before = treeFingerprint(upper, { dirMtimes: true });
-      await inMode('1', () => assert.rejects(applyLayer(src(bad), { upper, lowers: [] }), { code: 'ENAMETOOLONG' }));
-      assert.deepEqual(treeFingerprint(upper, { dirMtimes: true }), before);
-      assert.deepEqual(readdirSync(top).filter((n) => n.startsWith('.apply-undo')), []);
+      await inMode('1', () => assert.rejects(applyLayer(src(bad), { upper, lowers: [lower] }), { code: 'ENAMETOOLONG' }));
+      assertAsBefore(top, upper, before);
+      assert.equal(lgetxattr(join(upper, 'd'), OPAQUE), undefined);
     }));
+
+  for (const userxattr of [false, true]) {
+    const xattr = userxattr ? 'user.overlay.opaque' : OPAQUE;
+    test(`a refused layer that first made a directory of the upper opaque leaves it without ${xattr}, and the lower's entries show through again`, () =>
+      withDirs(async (top) => {
+        const { lower, upper } = layersSharingD(top);
+        const before = treeFingerprint(upper, { dirMtimes: true });
+        const opaque = [
+          { header: { name: 'd/.wh..wh..opq', type: 'file' }, body: '' },
+          { header: { name: 'd/new', type: 'file' }, body: 'new' },
+        ];
+        const refused = await packTar([...opaque, { header: { name: 'd/../../escape', type: 'file' }, body: 'x' }]);
+        await assert.rejects(applyLayer(src(refused), { upper, lowers: [lower], userxattr }), InvalidArgumentError);
+        assertAsBefore(top, upper, before);
+        assert.equal(lgetxattr(join(upper, 'd'), xattr), undefined);
+        const mnt = join(top, 'mnt');
+        mkdirSync(mnt);
+        const options = userxattr ? ['userxattr'] : [];
+        mountOverlay([upper, lower], mnt, options);
+        try {
+          assert.deepEqual(readdirSync(join(mnt, 'd')).sort(), ['from-lower', 'from-upper']);
+        } finally {
+          unmount(mnt);
+        }
+        // The same entries without the refused one do make d opaque: the rollback above had a marker to remove.
+        await applyLayer(src(await packTar(opaque)), { upper, lowers: [lower], userxattr });
+        assert.equal(lgetxattr(join(upper, 'd'), xattr)?.toString(), 'y');
+        mountOverlay([upper, lower], mnt, options);
+        try {
+          assert.deepEqual(readdirSync(join(mnt, 'd')), ['new']);
+        } finally {
+          unmount(mnt);
+        }
+      }));
+  }
 
   test('a target that is not a directory is InvalidArgumentError', () =>
     withDirs(async (top) => {
