@@ -41,7 +41,11 @@ test('four processes running 1,000 mixed operations each on one root see only ty
   const root = join(top, 'root');
   try {
     await (await Snapshotter.open(root)).close();
-    const counts = await Promise.all([1, 2, 3, 4].map((seed) => run(root, seed, 1000)));
+    // Every worker is waited for, so that one failing does not leave the others writing while the root is deleted.
+    const settled = await Promise.allSettled([1, 2, 3, 4].map((seed) => run(root, seed, 1000)));
+    const failed = settled.filter((s) => s.status === 'rejected').map((s) => String(s.reason));
+    assert.deepEqual(failed, [], 'every worker finishes');
+    const counts = settled.map((s) => (s as PromiseFulfilledResult<LoadCounts>).value);
     assert.equal(counts.reduce((n, c) => n + c.ops, 0), 4000);
     assert.ok(counts.every((c) => c.created > 0 && c.removed > 0 && c.committed > 0), JSON.stringify(counts));
     const sn = await Snapshotter.open(root);
