@@ -22,9 +22,9 @@ import fs from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { mountAll, unmountAll } from '../lib/mount/index.js';
-import { mount, tryUmount2 } from '../lib/mount/syscalls.js';
-import type { Mount } from '../lib/types.js';
+import { mountAll, unmountAll } from '../lib/kernel/mount/index.js';
+import { mount, tryUmount2 } from '../lib/kernel/mount/syscalls.js';
+import type { Mount } from '../lib/model/types.js';
 
 type Strategy = 'mount-api' | 'legacy' | 'auto' | 'bare';
 

@@ -12,8 +12,8 @@ import fs from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { mountAll, resolveOverlayStrategy, unmountAll } from '../lib/mount/index.js';
-import type { Mount } from '../lib/types.js';
+import { mountAll, resolveOverlayStrategy, unmountAll } from '../lib/kernel/mount/index.js';
+import type { Mount } from '../lib/model/types.js';
 
 const STRATEGIES = ['mount-api', 'legacy'] as const;
 type Strategy = (typeof STRATEGIES)[number];

@@ -1,11 +1,11 @@
 export { Snapshotter, UPPERDIR_LABEL } from './snapshotter.js';
 export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js';
-export type { SnapshotterOptions } from './options.js';
+export type { SnapshotterOptions } from './model/options.js';
 export type { KeepReason, PruneOptions, PruneProgress, PruneReport } from './prune.js';
-export type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './types.js';
-export { mountAll, unmountAll } from './mount/index.js';
-export { probeCapabilities } from './capabilities.js';
-export type { Capabilities, CapabilityCache, ProbeCapabilitiesOptions } from './capabilities.js';
+export type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './model/types.js';
+export { mountAll, unmountAll } from './kernel/mount/index.js';
+export { probeCapabilities } from './kernel/capabilities.js';
+export type { Capabilities, CapabilityCache, ProbeCapabilitiesOptions } from './kernel/capabilities.js';
 export {
   SnapshotterError,
   NotFoundError,
@@ -18,8 +18,8 @@ export {
   isFailedPrecondition,
   isInvalidArgument,
   isUnavailable,
-} from './errors.js';
-export type { ErrorCode } from './errors.js';
+} from './model/errors.js';
+export type { ErrorCode } from './model/errors.js';
 export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts } from './layers/index.js';
 export { apply as applyToSnapshot, diff as diffSnapshot } from './layers/index.js';
 export type {

@@ -4,10 +4,10 @@
  * two-phase marking. This module plans; the Snapshotter carries the plan
  * out (records in one transaction, directories afterwards).
  */
-import { InvalidArgumentError, q } from './errors.js';
-import { type Filter, parseFilters } from './filters.js';
-import type { Record_ } from './store.js';
-import type { Kind } from './types.js';
+import { InvalidArgumentError, q } from './model/errors.js';
+import { type Filter, parseFilters } from './model/filters.js';
+import type { Record_ } from './store/store.js';
+import type { Kind } from './model/types.js';
 
 /** Marks a root: kept, with its parents. */
 export const GC_ROOT_LABEL = 'containerd.io/gc.root';

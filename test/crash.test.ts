@@ -17,7 +17,7 @@ import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Snapshotter } from '../lib/index.js';
-import { FAULT_ENV, FAULT_POINTS, type FaultPoint } from '../lib/faults.js';
+import { FAULT_ENV, FAULT_POINTS, type FaultPoint } from '../lib/kernel/faults.js';
 import { isOwnPoolDir, removeTree, tempDir } from './helpers/fixtures.js';
 
 const here = dirname(fileURLToPath(import.meta.url));

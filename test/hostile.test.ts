@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RE2JS } from 're2js';
 import { type Info, type Snapshotter } from '../lib/index.js';
-import { type Selector, parseFilters } from '../lib/filters.js';
+import { type Selector, parseFilters } from '../lib/model/filters.js';
 import { snapshotEntries, withSnapshotter } from './helpers/fixtures.js';
 import { prng } from './helpers/load.js';
 

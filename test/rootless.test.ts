@@ -10,7 +10,7 @@ import { chmodSync, chownSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import type { Capabilities, Mount } from '../lib/index.js';
-import { kernelAtLeast } from '../lib/probe.js';
+import { kernelAtLeast } from '../lib/kernel/probe.js';
 import { removeTree, tempDir } from './helpers/fixtures.js';
 import { REQUIRE_MOUNT, assertPrerequisite, mountSkipReason, prerequisiteOptions, toolSkipReason } from './helpers/require-mount.js';
 

@@ -62,7 +62,7 @@ import type { Readable } from 'node:stream';
 import createDebug from 'debug';
 import tar from 'tar-stream';
 import { v4 as uuidv4 } from 'uuid';
-import { InvalidArgumentError, q } from '../errors.js';
+import { InvalidArgumentError, q } from '../model/errors.js';
 import { type Compression, decompress } from './compression.js';
 import { StreamHash } from './hash.js';
 import { type EntryHeader, captureRawXattrs, entryXattrs } from './pax.js';

@@ -7,7 +7,7 @@
 import { Readable, Transform, pipeline } from 'node:stream';
 import zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../model/errors.js';
 
 export type Compression = 'gzip' | 'zstd' | 'none';
 

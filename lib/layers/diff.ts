@@ -20,7 +20,7 @@ import { Transform, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import type { Header } from 'tar-stream';
-import { FailedPreconditionError, InvalidArgumentError, q } from '../errors.js';
+import { FailedPreconditionError, InvalidArgumentError, q } from '../model/errors.js';
 import type { LayerDigest, LayerTarget } from './apply.js';
 import { StreamHash } from './hash.js';
 import { type BatchReader, type FillFailure, type ReadJob, batchReader } from './reader.js';

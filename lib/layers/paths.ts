@@ -6,7 +6,7 @@
  * refuse both, as the issue asks, because a layer that needs either is not
  * one a well-behaved builder makes).
  */
-import { InvalidArgumentError, q } from '../errors.js';
+import { InvalidArgumentError, q } from '../model/errors.js';
 
 /** OCI whiteout prefix: `.wh.<name>` deletes `<name>` from the layers below. */
 export const WHITEOUT_PREFIX = '.wh.';

@@ -9,8 +9,8 @@ import { createHash } from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
-import { FailedPreconditionError, InvalidArgumentError, isAlreadyExists, isNotFound, q } from '../errors.js';
-import type { Info, Mount, SnapshotOptions } from '../types.js';
+import { FailedPreconditionError, InvalidArgumentError, isAlreadyExists, isNotFound, q } from '../model/errors.js';
+import type { Info, Mount, SnapshotOptions } from '../model/types.js';
 import { type ApplyOptions, type ApplyResult, type LayerTarget, applyLayer } from './apply.js';
 import { type DiffOptions, type DiffResult, diffLayer } from './diff.js';
 

@@ -7,7 +7,7 @@
  * Errors are thrown as Node-style errors (`code`, `errno`, `syscall`,
  * `path`) so callers can test `err.code === 'ENOENT'` as with `fs`.
  */
-import { libc as loadLibc, syscallError } from '../libc.js';
+import { libc as loadLibc, syscallError } from '../kernel/libc.js';
 
 type Fn = (...args: unknown[]) => unknown;
 

@@ -21,7 +21,7 @@
  */
 import { createRequire } from 'node:module';
 import { sharedWorker } from './shared-worker.js';
-import { FailedPreconditionError, q } from '../errors.js';
+import { FailedPreconditionError, q } from '../model/errors.js';
 import { useWorker } from './hash.js';
 import { WHITEOUT_PREFIX } from './paths.js';
 import { SYS_SOURCE } from './sys-source.js';

@@ -10,7 +10,7 @@
  */
 import { existsSync, writeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { diskUsage } from '../../lib/usage.js';
+import { diskUsage } from '../../lib/disk/usage.js';
 
 const [dir, stop, max] = process.argv.slice(2);
 if (dir === undefined || stop === undefined || max === undefined) throw new Error('usage: usage-child.ts <dir> <stop-file> <max-walks>');

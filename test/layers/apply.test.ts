@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { deflateSync, gzipSync } from 'node:zlib';
-import { InvalidArgumentError } from '../../lib/errors.js';
+import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { detectCompression } from '../../lib/layers/compression.js';
 import { lgetxattr } from '../../lib/layers/sys.js';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
-import { InvalidArgumentError } from '../../lib/errors.js';
+import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { diffLayer } from '../../lib/layers/diff.js';
 import { batchReader } from '../../lib/layers/reader.js';

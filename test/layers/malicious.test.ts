@@ -10,7 +10,7 @@ import { lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, test } from 'node:test';
-import { InvalidArgumentError, q } from '../../lib/errors.js';
+import { InvalidArgumentError, q } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { buildTree, compareFingerprints, packTar, tempDir, treeFingerprint } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { FailedPreconditionError, InvalidArgumentError } from '../../lib/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../../lib/model/errors.js';
 import { Snapshotter, mountAll, unmountAll } from '../../lib/index.js';
 import { apply, chainIds, diff, importLayers, targetFromMounts } from '../../lib/layers/index.js';
 import { collector, compareFingerprints, packTar, tempDir, treeFingerprint } from '../helpers/layers.js';

@@ -1,0 +1,161 @@
+/**
+ * Staging dirs made ahead of time. A new active snapshot is staged as
+ * `snapshots/new-*` with `fs` and `work` inside, recorded, then renamed to
+ * its id. The three mkdirs cost about as much as the rest of a prepare, so
+ * a helper thread keeps a few dirs ready, in parallel with the main
+ * thread, and hands them over through shared memory: taking one costs no
+ * system call and no turn of the event loop (a thread-pool round trip per
+ * mkdir would cost more than the mkdir).
+ *
+ * A pool dir is named `new-<pid>.<start>-<uuid>-<n>` after the process that
+ * made it (see lib/liveness.ts): while that process runs, the dir is a
+ * staging dir in use and cleanup leaves it alone; once the process is gone
+ * it is a leftover like any other `new-*` dir, removed by the next open or
+ * cleanup. `close()` removes the pool's dirs. The thread starts at the
+ * first prepare, never keeps the process alive, and makes no more dirs after
+ * its first error (prepare then stages its own, as it does while none is
+ * ready).
+ */
+import { Worker } from 'node:worker_threads';
+import createDebug from 'debug';
+import { v4 as uuidv4 } from 'uuid';
+import { isAlive, selfTag } from '../kernel/liveness.js';
+
+const debug = createDebug('overlay-snapshotter:staging');
+
+/** Prefix of staging dirs under `<root>/snapshots`; they never count as snapshots. */
+export const STAGING_PREFIX = 'new-';
+
+/** Dirs kept ready: a burst of prepares takes them faster than one thread makes them. */
+const POOL_SIZE = 4;
+
+const OWNED = /^new-([1-9][0-9]*)\.([0-9]+)-/;
+
+/**
+ * A predicate telling which entries of `snapshots/` are staging dirs of a
+ * live process's pool (memoised per owner: build one per scan).
+ */
+export function livePoolDirs(): (name: string) => boolean {
+  const alive = new Map<string, boolean>();
+  return (name) => {
+    const m = OWNED.exec(name);
+    if (m === null) return false;
+    const owner = `${m[1]}.${m[2]}`;
+    let live = alive.get(owner);
+    if (live === undefined) {
+      live = isAlive(Number(m[1]), m[2]);
+      alive.set(owner, live);
+    }
+    return live;
+  };
+}
+
+// Shared counters: dirs made, dirs taken, stop requested. Dir n is `${base}-${n}`.
+const MADE = 0;
+const TAKEN = 1;
+const STOP = 2;
+
+/**
+ * The helper thread: makes dirs while fewer than `size` are ready, sleeps on
+ * the TAKEN counter otherwise; on stop, removes what was not taken. After
+ * its first error it makes no more (prepare stages its own). Plain
+ * JavaScript, evaluated, so that it runs the same from lib/ (tsx) and dist/.
+ */
+const WORKER_SOURCE = `
+const { chmodSync, mkdirSync, rmdirSync } = require('node:fs');
+const { parentPort, workerData } = require('node:worker_threads');
+const { counters, base, size, umaskClean } = workerData;
+const s = new Int32Array(counters);
+const remove = (dir) => {
+  for (const p of [dir + '/work', dir + '/fs', dir]) {
+    try { rmdirSync(p); } catch {}
+  }
+};
+// After a failure the dirs already made stay on offer; nothing more is made.
+let broken = false;
+while (Atomics.load(s, ${STOP}) === 0) {
+  const made = Atomics.load(s, ${MADE});
+  const taken = Atomics.load(s, ${TAKEN});
+  if (broken || made - taken >= size) {
+    Atomics.wait(s, ${TAKEN}, taken);
+    continue;
+  }
+  const dir = base + '-' + made;
+  try {
+    mkdirSync(dir, 0o700);
+    mkdirSync(dir + '/fs', 0o755);
+    if (!umaskClean) chmodSync(dir + '/fs', 0o755);
+    mkdirSync(dir + '/work', 0o711);
+  } catch (err) {
+    remove(dir);
+    broken = true;
+    parentPort.postMessage(String(err && err.message));
+    continue;
+  }
+  Atomics.store(s, ${MADE}, made + 1);
+}
+for (let n = Atomics.load(s, ${TAKEN}); n < Atomics.load(s, ${MADE}); n++) remove(base + '-' + n);
+`;
+
+/** Empty active-snapshot staging dirs (`fs` 0755, `work` 0711), made ahead by a helper thread. */
+export class StagingPool {
+  private readonly counters = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
+  private base: string | undefined;
+  private worker: Worker | null | undefined;
+  private exited: Promise<void> | undefined;
+
+  /**
+   * @param snapshotsDir `<root>/snapshots`.
+   * @param umaskClean whether mkdir's mode survives the umask (else `fs` is chmod'ed).
+   */
+  constructor(
+    private readonly snapshotsDir: string,
+    private readonly umaskClean: boolean,
+  ) {}
+
+  /** A ready staging dir, now the caller's, or undefined when none is ready (the first call starts the thread). */
+  take(): string | undefined {
+    if (this.worker === undefined) this.start();
+    if (this.worker === null) return undefined;
+    const s = this.counters;
+    const taken = s[TAKEN]!;
+    if (Atomics.load(s, MADE) === taken) return undefined;
+    Atomics.store(s, TAKEN, taken + 1);
+    Atomics.notify(s, TAKEN);
+    return `${this.base}-${taken}`;
+  }
+
+  private start(): void {
+    const tag = selfTag();
+    this.base = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
+    try {
+      const worker = new Worker(WORKER_SOURCE, {
+        eval: true,
+        execArgv: [],
+        workerData: { counters: this.counters.buffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean },
+      });
+      worker.unref();
+      worker.on('message', (message: string) => debug('staging pool makes no more dirs: %s', message));
+      worker.on('error', (err) => debug('staging pool thread failed: %s', err.message));
+      this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+      void this.exited.then(() => {
+        if (this.worker === worker) this.worker = null;
+      });
+      this.worker = worker;
+    } catch (err) {
+      debug('no staging pool thread: %s', (err as Error).message);
+      this.worker = null;
+    }
+  }
+
+  /** Stops the thread, which removes every dir not taken, and waits for it. */
+  async close(): Promise<void> {
+    const exited = this.exited;
+    // Waited for: it must keep the event loop alive until then.
+    this.worker?.ref();
+    this.worker = null;
+    Atomics.store(this.counters, STOP, 1);
+    Atomics.notify(this.counters, TAKEN);
+    await exited;
+  }
+}

@@ -1,0 +1,614 @@
+/**
+ * Mounting overlayfs, including chains whose options do not fit in the one
+ * page that mount(2) copies.
+ *
+ * Two strategies:
+ *
+ * - `mount-api` (kernel >= 6.8): `fsopen("overlay")`, one
+ *   `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", dir)` per lower layer (and
+ *   `datadir+` per data-only layer), the other options one by one,
+ *   `FSCONFIG_CMD_CREATE`, `fsmount`, `move_mount` onto the target. There is
+ *   no page limit; each value is limited to 255 bytes, so a longer path is
+ *   passed as `/proc/self/fd/<n>` of an `O_PATH` descriptor. `lowerdir+`
+ *   values are taken literally (no `\` escapes: `/a:b` is the directory
+ *   `/a:b`), while `upperdir` and `workdir` values are still unescaped by
+ *   overlayfs, so they are passed in escaped form.
+ * - `legacy`: one mount(2) with the options as one string. When the string
+ *   approaches the page size (>= page size - 512 bytes), the longest common
+ *   directory of the lowerdirs is stripped, as containerd does, and the
+ *   mount is made with relative paths from inside that directory. When even
+ *   that does not fit (past roughly 350 layers with 7-digit snapshot ids,
+ *   at 11 bytes a layer for `1000001/fs:`), every layer is opened `O_PATH`
+ *   and named by its descriptor number, relative to `/proc/self/fd`, which
+ *   fits 500 layers whatever the root.
+ *
+ * `auto` takes the first branch of `legacy` (one mount(2) with the options
+ * as given) whenever they fit, as it costs one syscall where the mount API
+ * costs one per layer plus four, and the mount API for everything longer
+ * where the kernel has it.
+ *
+ * Either way the chain is limited to {@link MAX_LOWER_LAYERS} lower layers.
+ *
+ * The mount table shows layers as the kernel was given them, so the
+ * descriptor and relative forms hide which directories a mount uses; the
+ * `hide` hook runs before the first syscall that uses such a form, so that
+ * `mountAll` can record the mount first (lib/mount/records.ts).
+ */
+import { resolve } from 'node:path';
+import createDebug from 'debug';
+import { InvalidArgumentError, q } from '../../model/errors.js';
+import { MS_DIRSYNC, MS_LAZYTIME, MS_MANDLOCK, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_STRICTATIME, MS_SYNCHRONOUS } from './options.js';
+import {
+  FSMOUNT_CLOEXEC,
+  FSOPEN_CLOEXEC,
+  MOUNT_ATTR_NOATIME,
+  MOUNT_ATTR_NODEV,
+  MOUNT_ATTR_NODIRATIME,
+  MOUNT_ATTR_NOEXEC,
+  MOUNT_ATTR_NOSUID,
+  MOUNT_ATTR_NOSYMFOLLOW,
+  MOUNT_ATTR_RDONLY,
+  MOUNT_ATTR_STRICTATIME,
+  chdir,
+  close,
+  closePath,
+  fchdir,
+  fsconfigCreate,
+  fsconfigFlag,
+  fsconfigString,
+  fsContextMessages,
+  fsmount,
+  fsopen,
+  mount,
+  moveMountTo,
+  openPath,
+  pageSize,
+  type SyscallError,
+} from './syscalls.js';
+
+const debug = createDebug('overlay-snapshotter:mount');
+
+/**
+ * How overlay mounts are made: `mount-api` (fsopen/fsconfig `lowerdir+`,
+ * kernel >= 6.8), `legacy` (one mount(2) with an options string), or `auto`
+ * (one mount(2) when the options fit in a page as they are, which is the
+ * cheaper call; otherwise the mount API when this kernel accepts
+ * `lowerdir+`, probed once per process, else `legacy`).
+ */
+export type OverlayStrategy = 'auto' | 'mount-api' | 'legacy';
+
+/**
+ * Environment variable that forces the overlay strategy for the whole
+ * process: `OVERLAY_SNAPSHOTTER_MOUNT_STRATEGY=mount-api|legacy|auto`.
+ * A strategy other than `auto` passed to `mountAll` takes precedence.
+ */
+export const STRATEGY_ENV = 'OVERLAY_SNAPSHOTTER_MOUNT_STRATEGY';
+
+/** overlayfs stacks at most this many lower layers (OVL_MAX_STACK in fs/overlayfs/params.h). */
+export const MAX_LOWER_LAYERS = 500;
+
+/**
+ * The deepest chain of lower layers `mountAll` can mount here: the
+ * kernel's limit, which both strategies reach whatever the root path
+ * length. Callers can check a chain against it before mounting.
+ */
+export function overlayLowerLimit(): number {
+  return MAX_LOWER_LAYERS;
+}
+
+/** One lower layer; `path` is the real path, with overlayfs' `\` escapes removed. */
+export interface LowerLayer {
+  path: string;
+  /** A data-only layer (after `::` in `lowerdir=`), added with `datadir+`. */
+  data: boolean;
+}
+
+/** One overlay option, in the order given. Paths are unescaped. */
+export type OverlayOption =
+  | {
+      kind: 'lowerdir';
+      layers: LowerLayer[];
+      /** The value as given when it has no `\` and so is already in escaped form (what mount(2) gets back). */
+      plain?: string;
+    }
+  | { kind: 'upperdir' | 'workdir'; path: string }
+  | { kind: 'other'; word: string; key: string; value: string | undefined };
+
+/** An overlay mount, checked and ready for either strategy. */
+export interface OverlayPlan {
+  options: OverlayOption[];
+  /** Lower layers, data-only ones included (they count towards the limit too). */
+  layers: number;
+  /** `upperdir` was given: the mount is writable unless `ro`. */
+  writable: boolean;
+}
+
+const ESCAPED = /[\\:,]/g;
+
+/** Escapes a path for an overlay options string: `\`, `:` and `,` get a backslash. */
+export function escapeOverlayPath(path: string): string {
+  if (!path.includes('\\') && !path.includes(':') && !path.includes(',')) return path;
+  return path.replace(ESCAPED, (c) => `\\${c}`);
+}
+
+/** Removes overlayfs escapes the way the kernel's ovl_unescape does: `\x` is `x`. */
+export function unescapeOverlayPath(value: string): string {
+  if (!value.includes('\\')) return value;
+  let out = '';
+  for (let i = 0; i < value.length; i++) {
+    let c = value[i]!;
+    if (c === '\\') {
+      i++;
+      if (i >= value.length) break;
+      c = value[i]!;
+    }
+    out += c;
+  }
+  return out;
+}
+
+/** Splits one data word at unescaped commas, as overlayfs splits its options string. */
+function splitOptionWords(word: string): string[] {
+  if (!word.includes('\\')) return word.split(',').filter((w) => w !== '');
+  const out: string[] = [];
+  let start = 0;
+  for (let i = 0; i < word.length; i++) {
+    const c = word[i];
+    if (c === '\\') i++;
+    else if (c === ',') {
+      out.push(word.slice(start, i));
+      start = i + 1;
+    }
+  }
+  out.push(word.slice(start));
+  return out.filter((w) => w !== '');
+}
+
+/**
+ * Parses a `lowerdir=` value: layers separated by unescaped `:`, data-only
+ * layers after `::`, `\` escaping `:`, `,` and `\` itself. Mirrors the
+ * kernel's rules so that a bad value fails here, with a clear message,
+ * whichever strategy mounts it.
+ */
+export function parseLowerdirs(value: string): LowerLayer[] {
+  if (value === '') throw new InvalidArgumentError('overlay option "lowerdir=" is empty: give at least one lower directory');
+  if (value.startsWith(':')) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} starts with ":": appending lower layers is not supported`);
+  if (!value.includes('\\')) return parsePlainLowerdirs(value);
+  const raw: string[] = [];
+  const colons: number[] = []; // number of colons before raw[i]
+  let current = '';
+  let run = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (c === '\\') {
+      current += c + (value[i + 1] ?? '');
+      i++;
+      continue;
+    }
+    if (c === ':') {
+      if (run === 0) {
+        raw.push(current);
+        current = '';
+      }
+      run++;
+      if (run > 2) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} has ":::": only ":" and "::" separate layers`);
+      continue;
+    }
+    if (run > 0) colons.push(run);
+    run = 0;
+    current += c;
+  }
+  if (run > 0) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} ends with ":": escape a colon in a path as "\\:"`);
+  raw.push(current);
+  const layers: LowerLayer[] = [];
+  let data = false;
+  for (let i = 0; i < raw.length; i++) {
+    if (i > 0) {
+      const sep = colons[i - 1];
+      if (sep === 2) data = true;
+      else if (data) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)}: a regular lower layer cannot follow a data-only layer ("::")`);
+    }
+    const path = unescapeOverlayPath(raw[i]!);
+    if (path === '') throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} has an empty layer`);
+    layers.push({ path, data });
+  }
+  return layers;
+}
+
+/**
+ * {@link parseLowerdirs} of a value without `\` (the usual one: nothing to
+ * unescape), by splitting at `:`; the same errors, checked in the same order.
+ * Hot path: every overlay mount parses its chain.
+ */
+function parsePlainLowerdirs(value: string): LowerLayer[] {
+  if (value.includes(':::')) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} has ":::": only ":" and "::" separate layers`);
+  if (value.endsWith(':')) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)} ends with ":": escape a colon in a path as "\\:"`);
+  const layers: LowerLayer[] = [];
+  let data = false;
+  // After the checks above, an empty part can only be the middle of a "::".
+  let double = false;
+  for (const part of value.split(':')) {
+    if (part === '') {
+      double = true;
+      continue;
+    }
+    if (double) data = true;
+    else if (data) throw new InvalidArgumentError(`overlay option lowerdir=${q(value)}: a regular lower layer cannot follow a data-only layer ("::")`);
+    double = false;
+    layers.push({ path: part, data });
+  }
+  return layers;
+}
+
+/**
+ * Checks the data words of an overlay mount and sorts them into layers and
+ * other options. Pure: runs before any syscall, so a chain over the limit
+ * or a malformed option fails with InvalidArgumentError and nothing is
+ * mounted.
+ */
+export function planOverlay(data: readonly string[], target: string): OverlayPlan {
+  const options: OverlayOption[] = [];
+  let lowerdirs: LowerLayer[] | undefined;
+  let writable = false;
+  const words = data.some((w) => w.includes(',')) ? data.flatMap(splitOptionWords) : data;
+  for (const word of words) {
+    const eq = word.indexOf('=');
+    const key = eq === -1 ? word : word.slice(0, eq);
+    const value = eq === -1 ? undefined : word.slice(eq + 1);
+    if (key === 'lowerdir') {
+      if (lowerdirs !== undefined) throw new InvalidArgumentError(`overlay on ${q(target)} has more than one lowerdir= option: give all lower layers in one, top first`);
+      lowerdirs = parseLowerdirs(value ?? '');
+      // Without a backslash no layer path has `:`, `,` or `\`: escaping it again would give the value back.
+      options.push(value!.includes('\\') ? { kind: 'lowerdir', layers: lowerdirs } : { kind: 'lowerdir', layers: lowerdirs, plain: value! });
+    } else if (key === 'upperdir' || key === 'workdir') {
+      if (!value) throw new InvalidArgumentError(`overlay option ${key}= on ${q(target)} is empty`);
+      if (key === 'upperdir') writable = true;
+      options.push({ kind: key, path: unescapeOverlayPath(value) });
+    } else if (key === 'lowerdir+' || key === 'datadir+') {
+      throw new InvalidArgumentError(`overlay option ${q(word)} on ${q(target)}: give lower layers as one lowerdir= option separated by ":" (mountAll uses ${key} itself where the kernel has it)`);
+    } else {
+      options.push({ kind: 'other', word, key, value });
+    }
+  }
+  if (lowerdirs === undefined) throw new InvalidArgumentError(`overlay on ${q(target)} has no lowerdir= option`);
+  if (lowerdirs.length > MAX_LOWER_LAYERS) {
+    throw new InvalidArgumentError(
+      `overlay on ${q(target)} has ${lowerdirs.length} lower layers, more than the kernel's limit of ${MAX_LOWER_LAYERS} (overlayfs' OVL_MAX_STACK); flatten the chain`,
+    );
+  }
+  return { options, layers: lowerdirs.length, writable };
+}
+
+// ---------------------------------------------------------------------------
+// Strategy choice
+
+let probed: 'mount-api' | 'legacy' | undefined;
+
+function checkStrategy(value: unknown, where: string): OverlayStrategy {
+  if (value === 'auto' || value === 'mount-api' || value === 'legacy') return value;
+  throw new InvalidArgumentError(`Expected ${where} to be "auto", "mount-api" or "legacy", got ${typeof value === 'string' ? q(value) : typeof value}`);
+}
+
+/** A resolved strategy, and whether the caller or {@link STRATEGY_ENV} asked for it (rather than `auto`). */
+export interface OverlayChoice {
+  strategy: 'mount-api' | 'legacy';
+  forced: boolean;
+}
+
+/**
+ * The strategy for overlay mounts: `requested` when it is not `auto`, else
+ * {@link STRATEGY_ENV} when set and not `auto`, else what the kernel
+ * supports (probed once per process, then cached).
+ */
+export function chooseOverlayStrategy(requested?: OverlayStrategy): OverlayChoice {
+  if (requested !== undefined && checkStrategy(requested, '`strategy`') !== 'auto') return { strategy: requested as 'mount-api' | 'legacy', forced: true };
+  const env = process.env[STRATEGY_ENV];
+  if (env !== undefined && env !== '' && checkStrategy(env, STRATEGY_ENV) !== 'auto') return { strategy: env as 'mount-api' | 'legacy', forced: true };
+  probed ??= probeMountApi();
+  return { strategy: probed, forced: false };
+}
+
+/**
+ * The strategy an overlay mount will use: `requested` when it is not
+ * `auto`, else {@link STRATEGY_ENV} when set and not `auto`, else what the
+ * kernel supports (probed once per process, then cached). Under `auto`, a
+ * chain whose options fit in one page is mounted with one mount(2) even
+ * where this says `mount-api` (see {@link mountOverlay}).
+ */
+export function resolveOverlayStrategy(requested?: OverlayStrategy): 'mount-api' | 'legacy' {
+  return chooseOverlayStrategy(requested).strategy;
+}
+
+/**
+ * Makes `auto` behave as on a kernel that does (`'mount-api'`) or does not
+ * (`'legacy'`) accept `lowerdir+`, for tests of both on one kernel;
+ * `undefined` probes the kernel again at the next mount.
+ */
+export function setMountApiProbe(result: 'mount-api' | 'legacy' | undefined): void {
+  probed = result;
+}
+
+/**
+ * Asks the kernel rather than comparing versions (backports exist, and
+ * seccomp may block the new syscalls): open an overlay context and append
+ * one lower layer with `lowerdir+`. Nothing is mounted.
+ */
+function probeMountApi(): 'mount-api' | 'legacy' {
+  let fd = -1;
+  try {
+    fd = fsopen('overlay', FSOPEN_CLOEXEC);
+    fsconfigString(fd, 'lowerdir+', '/', 'probe fsconfig lowerdir+ "/"');
+    debug('overlay strategy: mount-api (the kernel accepts fsconfig lowerdir+)');
+    return 'mount-api';
+  } catch (err) {
+    debug('overlay strategy: legacy (new mount API with lowerdir+ unavailable: %s)', (err as Error).message);
+    return 'legacy';
+  } finally {
+    if (fd >= 0) close(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Mounting
+
+/** What `mount -o` flags mean to the new mount API: superblock flags for fsconfig, attributes for fsmount. */
+function splitFlags(flags: number): { sbFlags: string[]; attrs: number } {
+  const sbFlags: string[] = [];
+  let attrs = 0;
+  if (flags & MS_RDONLY) {
+    sbFlags.push('ro');
+    attrs |= MOUNT_ATTR_RDONLY;
+  }
+  if (flags & MS_SYNCHRONOUS) sbFlags.push('sync');
+  if (flags & MS_DIRSYNC) sbFlags.push('dirsync');
+  if (flags & MS_LAZYTIME) sbFlags.push('lazytime');
+  if (flags & MS_MANDLOCK) sbFlags.push('mand');
+  if (flags & MS_NOSUID) attrs |= MOUNT_ATTR_NOSUID;
+  if (flags & MS_NODEV) attrs |= MOUNT_ATTR_NODEV;
+  if (flags & MS_NOEXEC) attrs |= MOUNT_ATTR_NOEXEC;
+  if (flags & MS_NOATIME) attrs |= MOUNT_ATTR_NOATIME;
+  else if (flags & MS_STRICTATIME) attrs |= MOUNT_ATTR_STRICTATIME;
+  if (flags & MS_NODIRATIME) attrs |= MOUNT_ATTR_NODIRATIME;
+  if (flags & MS_NOSYMFOLLOW) attrs |= MOUNT_ATTR_NOSYMFOLLOW;
+  return { sbFlags, attrs };
+}
+
+/** fsconfig copies at most 256 bytes of a string value, NUL included. */
+const FSCONFIG_MAX_VALUE = 255;
+
+/**
+ * Mounts through the new mount API. Every fsconfig error carries the
+ * kernel's own explanation from the context's message log.
+ */
+export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide): void {
+  const what = `mount overlay on ${q(target)}`;
+  const pinned: number[] = [];
+  // A value over the fsconfig limit is named through an O_PATH descriptor.
+  const pathValue = (path: string, escaped: string): string => {
+    if (Buffer.byteLength(escaped) <= FSCONFIG_MAX_VALUE) return escaped;
+    hide();
+    const fd = openPath(path);
+    pinned.push(fd);
+    return `/proc/self/fd/${fd}`;
+  };
+  const { sbFlags, attrs } = splitFlags(flags);
+  let fsfd = -1;
+  try {
+    fsfd = fsopen('overlay', FSOPEN_CLOEXEC);
+    // mount(2) shows its source in mountinfo; the mount API shows "none" unless told.
+    if (source !== '') fsconfigString(fsfd, 'source', source, `${what}: fsconfig source ${q(source)}`);
+    for (const option of plan.options) {
+      if (option.kind === 'lowerdir') {
+        for (const layer of option.layers) {
+          const key = layer.data ? 'datadir+' : 'lowerdir+';
+          fsconfigString(fsfd, key, pathValue(layer.path, layer.path), `${what}: fsconfig ${key} ${q(layer.path)}`);
+        }
+      } else if (option.kind !== 'other') {
+        fsconfigString(fsfd, option.kind, pathValue(option.path, escapeOverlayPath(option.path)), `${what}: fsconfig ${option.kind} ${q(option.path)}`);
+      } else if (option.value === undefined) {
+        fsconfigFlag(fsfd, option.key, `${what}: fsconfig ${q(option.key)}`);
+      } else {
+        fsconfigString(fsfd, option.key, option.value, `${what}: fsconfig ${q(option.word)}`);
+      }
+    }
+    for (const flag of sbFlags) fsconfigFlag(fsfd, flag, `${what}: fsconfig ${q(flag)}`);
+    fsconfigCreate(fsfd, `${what}: fsconfig create (${plan.layers} lower layers)`);
+    const mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, attrs, `${what}: fsmount`);
+    try {
+      moveMountTo(mfd, target, `${what}: move_mount`);
+    } finally {
+      close(mfd);
+    }
+    debug('mounted overlay on %s through the mount API (%d lower layers, %d pinned by descriptor)', target, plan.layers, pinned.length);
+  } catch (err) {
+    if (fsfd >= 0 && typeof (err as SyscallError).syscall === 'string') {
+      const messages = fsContextMessages(fsfd);
+      if (messages.length > 0) (err as Error).message += ` (kernel: ${messages.join('; ')})`;
+    }
+    throw err;
+  } finally {
+    if (fsfd >= 0) close(fsfd);
+    for (const fd of pinned) closePath(fd);
+  }
+}
+
+/** The default of the `hide` hooks: nothing to record. */
+function noHide(): void {}
+
+/**
+ * Every directory an overlay mount uses (lower layers, upper and work
+ * dirs), as absolute paths: what a mount record must protect when the
+ * kernel is given them in another form.
+ */
+export function overlayPaths(plan: OverlayPlan): string[] {
+  const paths: string[] = [];
+  for (const option of plan.options) {
+    if (option.kind === 'lowerdir') for (const layer of option.layers) paths.push(resolve(layer.path));
+    else if (option.kind !== 'other') paths.push(resolve(option.path));
+  }
+  return paths;
+}
+
+/** The options string for mount(2), with each path mapped through `name` (already escaped by it). */
+function legacyData(plan: OverlayPlan, name: (path: string) => string): string {
+  const words: string[] = [];
+  for (const option of plan.options) {
+    if (option.kind === 'lowerdir') {
+      if (option.plain !== undefined && name === escapeOverlayPath) {
+        words.push(`lowerdir=${option.plain}`);
+        continue;
+      }
+      let value = '';
+      option.layers.forEach((layer, i) => {
+        if (i > 0) value += layer.data ? '::' : ':';
+        value += name(layer.path);
+      });
+      words.push(`lowerdir=${value}`);
+    } else if (option.kind !== 'other') {
+      words.push(`${option.kind}=${name(option.path)}`);
+    } else {
+      words.push(option.word);
+    }
+  }
+  return words.join(',');
+}
+
+/** The deepest directory holding every lower layer, or undefined when it is `/` or a path is relative. */
+function commonLowerDir(plan: OverlayPlan): string | undefined {
+  let common: string[] | undefined;
+  for (const option of plan.options) {
+    if (option.kind !== 'lowerdir') continue;
+    for (const layer of option.layers) {
+      if (!layer.path.startsWith('/')) return undefined;
+      const parts = layer.path.split('/').filter((p) => p !== '');
+      if (common === undefined) {
+        // A layer's own directory is not a prefix to strip from it: start from its parent.
+        common = parts.slice(0, -1);
+        continue;
+      }
+      let n = 0;
+      while (n < common.length && n < parts.length - 1 && common[n] === parts[n]) n++;
+      common.length = n;
+    }
+  }
+  return common && common.length > 0 ? `/${common.join('/')}` : undefined;
+}
+
+/** `path` relative to `dir` when it lies below it, else unchanged (an absolute path works from any cwd). */
+function relativeTo(dir: string, path: string): string {
+  const parts = path.split('/').filter((p) => p !== '');
+  const base = dir.split('/').filter((p) => p !== '');
+  if (!path.startsWith('/') || parts.length <= base.length) return path;
+  for (let i = 0; i < base.length; i++) if (parts[i] !== base[i]) return path;
+  return parts.slice(base.length).join('/');
+}
+
+/**
+ * Runs `fn` with the process cwd set to `dir`, and restores the cwd from a
+ * descriptor (which works even if the old cwd was renamed). Everything is
+ * synchronous, so no other JavaScript runs in between; the cwd is
+ * process-wide, though, so a libuv thread resolving a relative path at
+ * that instant would see `dir`. Nothing in this library does that.
+ */
+function withCwd<T>(dir: string, fn: () => T): T {
+  const saved = openPath('.');
+  try {
+    chdir(dir);
+    try {
+      return fn();
+    } finally {
+      fchdir(saved);
+    }
+  } finally {
+    closePath(saved);
+  }
+}
+
+/**
+ * The options string for one mount(2) when it fits in a page as it is,
+ * with room to spare (containerd's threshold: page size - 512), else
+ * undefined.
+ */
+function plainLegacyData(plan: OverlayPlan): string | undefined {
+  const full = legacyData(plan, escapeOverlayPath);
+  return Buffer.byteLength(full) < pageSize() - 512 ? full : undefined;
+}
+
+/**
+ * Mounts an overlay with the strategy chosen by {@link chooseOverlayStrategy}.
+ *
+ * Under `auto` (not forced) with the mount API available, a chain whose
+ * options fit in one page is still mounted with one mount(2): one syscall
+ * instead of one fsconfig per layer plus fsopen, create, fsmount and
+ * move_mount (20 layers: ~185 against ~220 us in the kernel, and each call
+ * through koffi adds ~1 us). If that mount(2) fails, the mount API tries
+ * the same mount, so that a failure carries the kernel's explanation from
+ * the context log (mount(2) only gives errno); mount(2) leaves nothing
+ * behind when it fails, so the second try starts clean.
+ */
+export function mountOverlay(plan: OverlayPlan, source: string, target: string, flags: number, choice: OverlayChoice, hide: () => void = noHide): void {
+  if (choice.strategy === 'legacy') {
+    mountOverlayLegacy(plan, source, target, flags, hide);
+    return;
+  }
+  if (!choice.forced) {
+    const data = plainLegacyData(plan);
+    if (data !== undefined) {
+      try {
+        mount(source, target, 'overlay', flags, data, () => `mount overlay on ${q(target)}`);
+        debug('mounted overlay on %s with mount(2) (auto: %d lower layers, %d bytes of options)', target, plan.layers, data.length);
+        return;
+      } catch (err) {
+        debug('mount(2) of overlay on %s failed (%s); trying the mount API for the kernel\'s reason', target, (err as Error).message);
+      }
+    }
+  }
+  mountOverlayWithApi(plan, source, target, flags, hide);
+}
+
+/**
+ * Mounts through one mount(2) call, shortening the options string as
+ * described in this module's header when it would not fit in a page.
+ */
+export function mountOverlayLegacy(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide): void {
+  const what = `mount overlay on ${q(target)}`;
+  const page = pageSize();
+  const full = plainLegacyData(plan);
+  if (full !== undefined) {
+    mount(source, target, 'overlay', flags, full, what);
+    debug('mounted overlay on %s with mount(2) (%d lower layers, %d bytes of options)', target, plan.layers, full.length);
+    return;
+  }
+  const common = commonLowerDir(plan);
+  if (common !== undefined) {
+    const compact = legacyData(plan, (p) => escapeOverlayPath(relativeTo(common, p)));
+    // mount(2) copies one page and cuts the string at its last byte.
+    if (Buffer.byteLength(compact) < page) {
+      hide();
+      withCwd(common, () => mount(source, target, 'overlay', flags, compact, `${what} (from ${q(common)})`));
+      debug('mounted overlay on %s with mount(2) relative to %s (%d lower layers, %d bytes of options)', target, common, plan.layers, compact.length);
+      return;
+    }
+  }
+  const fds = new Map<string, number>();
+  try {
+    const byFd = legacyData(plan, (p) => {
+      let fd = fds.get(p);
+      if (fd === undefined) {
+        fd = openPath(p);
+        fds.set(p, fd);
+      }
+      return String(fd);
+    });
+    if (Buffer.byteLength(byFd) >= page) {
+      throw new InvalidArgumentError(
+        `overlay options on ${q(target)} take ${Buffer.byteLength(byFd)} bytes even with layers named by descriptor, more than mount(2) accepts (${page - 1}); use the mount-api strategy`,
+      );
+    }
+    hide();
+    withCwd('/proc/self/fd', () => mount(source, target, 'overlay', flags, byFd, `${what} (layers by descriptor)`));
+    debug('mounted overlay on %s with mount(2), layers by descriptor (%d lower layers, %d bytes of options)', target, plan.layers, byFd.length);
+  } finally {
+    for (const fd of fds.values()) closePath(fd);
+  }
+}
