@@ -6,7 +6,7 @@
  */
 import { InvalidArgumentError, q } from './model/errors.js';
 import { type Filter, parseFilters } from './model/filters.js';
-import type { Record_ } from './store/store.js';
+import type { Record_ } from './model/record.js';
 import type { Kind } from './model/types.js';
 
 /** Marks a root: kept, with its parents. */

@@ -1,72 +1,45 @@
-import { chmodSync, existsSync, lchownSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from 'node:fs';
-import { rmdir } from 'node:fs/promises';
+/**
+ * The facade: the Snapshotter class, with containerd's snapshot lifecycle
+ * (prepare, view, commit, remove, stat, update, usage, mounts, walk) over
+ * the layers below it: the metadata store (store/), the snapshot
+ * directories (disk/), the kernel boundary (kernel/) and the pure rules
+ * (model/). The whole-root calls (cleanup, check, prune) are carried out by
+ * maintenance.ts. Nothing below imports this module; lib/index.ts exports
+ * it, and cli/, layers/ (through an interface) and images/ use it from there.
+ */
+import { chmodSync, lchownSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import createDebug from 'debug';
-import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
-import { InvalidArgumentError, NotFoundError, FailedPreconditionError, UnavailableError, q } from './model/errors.js';
+import { type DriverRecord, checkDriverRuns, checkGivenDriver, inferDriver, recordDriver, recordedDriver } from './disk/driver.js';
+import { copyTree } from './disk/native.js';
+import { STAGING_PREFIX, StagingPool, moveIntoPlace } from './disk/staging.js';
+import { deleteSnapshotDir } from './disk/trash.js';
+import { diskUsage } from './disk/usage.js';
+import { type Capabilities, probeCapabilities } from './kernel/capabilities.js';
 import { fault } from './kernel/faults.js';
-import { parseFilters } from './model/filters.js';
-import { type PruneOptions, type PruneReport, planPrune, resolvePruneOptions } from './prune.js';
-import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './model/idmap.js';
+import { errnoOf } from './kernel/libc.js';
 import { unmountAll } from './kernel/mount/index.js';
 import { snapshotMounts } from './kernel/mount/in-use.js';
-import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './model/options.js';
-import { type Capabilities, probeCapabilities } from './kernel/capabilities.js';
-import { isAlive, selfTag } from './kernel/liveness.js';
-import { type DriverRecord, checkGivenDriver, inferDriver, recordDriver, recordedDriver } from './disk/driver.js';
-import { copyTree } from './disk/native.js';
-import { STAGING_PREFIX, StagingPool, livePoolDirs } from './disk/staging.js';
-import { TRASH_PREFIX, Trash, deleteTrees } from './disk/trash.js';
-import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './model/specs.js';
-import { type Record_, Store } from './store/store.js';
 import { syncFilesystem } from './kernel/syncfs.js';
+import { type CheckReport, type CleanupReport, DECIMAL_ID, type Root, check, prune, refuseSilentReset, sweep } from './maintenance.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError, q } from './model/errors.js';
+import { parseFilters } from './model/filters.js';
+import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './model/idmap.js';
+import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './model/options.js';
+import type { Record_ } from './model/record.js';
+import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './model/specs.js';
 import type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './model/types.js';
-import { diskUsage } from './disk/usage.js';
 import { checkKey, checkLabelSize, checkLabels, checkParent, checkSnapshotOptions, setLabel } from './model/validate.js';
+import { type PruneOptions, type PruneReport, resolvePruneOptions } from './prune.js';
+import { Store } from './store/store.js';
+
+export type { CheckProblem, CheckReport, CleanupReport } from './maintenance.js';
 
 const debug = createDebug('overlay-snapshotter:snapshotter');
 
 /** Label that `upperdirLabel` adds to actives and views. */
 export const UPPERDIR_LABEL = 'containerd.io/snapshot/overlay.upperdir';
-
-const DECIMAL_ID = /^[1-9][0-9]*$/;
-
-/** What `cleanup()` did: entries of `snapshots/` deleted, and those kept because they are mounted. */
-export interface CleanupReport {
-  /** Names of the entries removed (ids of removed snapshots, `new-*` leftovers, strays). */
-  removed: string[];
-  /** Orphans left in place because something is mounted on or from them. */
-  skipped: { name: string; mountPoints: string[] }[];
-}
-
-/** One inconsistency found by `check()`. */
-export interface CheckProblem {
-  problem: 'missing-directory' | 'missing-fs' | 'missing-work' | 'orphan' | 'staging-leftover' | 'orphan-mounted';
-  /** The snapshot's key or name, for problems of a record. */
-  key?: string;
-  /** The path concerned. */
-  path: string;
-  /** For `orphan-mounted`: where it is mounted. */
-  mountPoints?: string[];
-  /** Whether `check({ repair: true })` fixed it. */
-  repaired: boolean;
-}
-
-/** The result of `check()`: `ok` when nothing is (left) wrong. */
-export interface CheckReport {
-  ok: boolean;
-  problems: CheckProblem[];
-  /** The store's driver ({@link Snapshotter.driver}), which decides what a consistent snapshot is. */
-  driver: Driver;
-  /** Why the store has that driver ({@link Snapshotter.driverReason}). */
-  driverReason: string;
-}
-
-function errnoOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
 
 /**
  * An overlayfs snapshotter with containerd's semantics, keeping its
@@ -117,6 +90,8 @@ export class Snapshotter {
   /** Staging dirs for actives, made ahead (lib/staging.ts). */
   private readonly pool: StagingPool;
   private closed = false;
+  /** What the whole-root calls (maintenance.ts) need of this snapshotter. */
+  private readonly maintained: Root;
   /**
    * What the kernel and the root's filesystem can do, probed at the first
    * open on this kernel release and read back from the store afterwards
@@ -144,6 +119,7 @@ export class Snapshotter {
     this.capabilities = capabilities;
     this.driver = driver.driver;
     this.driverReason = driver.reason;
+    this.maintained = { root, store, settings, closed: () => this.closed };
   }
 
   /**
@@ -194,12 +170,12 @@ export class Snapshotter {
         (resolved.driver !== undefined
           ? { driver: resolved.driver, reason: `given ${when}` }
           : { driver: capabilities.defaultDriver, reason: `chosen ${when}, as ${capabilities.defaultDriverReason}` });
-      checkDriverRuns(abs, driver, known !== undefined, capabilities);
+      checkDriverRuns(abs, driver, known !== undefined, capabilities.overlayUnavailable);
       if (recorded === undefined) {
         // Another process opening the same new root may have recorded first: its choice holds.
         driver = recordDriver(store, driver);
         checkGivenDriver(abs, driver, resolved.driver);
-        checkDriverRuns(abs, driver, true, capabilities);
+        checkDriverRuns(abs, driver, true, capabilities.overlayUnavailable);
       }
       debug('%s uses the %s driver: %s', abs, driver.driver, driver.reason);
       const userxattr = resolved.userxattr === 'auto' ? capabilities.userxattrNeeded : resolved.userxattr;
@@ -214,7 +190,7 @@ export class Snapshotter {
       // Recovery, as container managers do at start: leftovers of crashed
       // creations (staging dirs, ids never recorded) and of interrupted
       // cleanups go now; removed snapshots' dirs stay for cleanup().
-      const recovered = await sn.sweep((name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
+      const recovered = await sweep(sn.maintained, (name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
       if (recovered.removed.length > 0) debug('open %s: removed crash leftovers %o', abs, recovered.removed);
       debug('opened %s (options %o, overlay options %o)', abs, resolved, settings.overlayOptions);
       return sn;
@@ -418,13 +394,13 @@ export class Snapshotter {
             fault('create:after-record');
             const dir = snapshotDir(this.settings, id);
             try {
-              this.moveIntoPlace(staging!, dir);
+              moveIntoPlace(staging!, dir);
             } catch (err) {
               // A pool dir deleted behind our back (by hand, or by an older
               // version's cleanup): stage afresh.
               if (errnoOf(err) !== 'ENOENT' || !fromPool) throw err;
               own(chain, stage(chain));
-              this.moveIntoPlace(staging!, dir);
+              moveIntoPlace(staging!, dir);
             }
             target = dir;
             staging = undefined;
@@ -451,24 +427,6 @@ export class Snapshotter {
         `the directory of parent ${q(parent)} (${path}) is missing or unreadable (${errnoOf(err) ?? String(err)}); the store is damaged: run check() and restore or remove ${q(parent)}`,
         { cause: err },
       );
-    }
-  }
-
-  /**
-   * Renames a staging dir to its id. A dir already there can only be the
-   * leftover of a creation that crashed before its transaction committed
-   * (the id was rolled back and is being allocated again while we hold the
-   * write lock): it belongs to no record, so it is replaced.
-   */
-  private moveIntoPlace(staging: string, target: string): void {
-    try {
-      renameSync(staging, target);
-    } catch (err) {
-      const code = errnoOf(err);
-      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
-      debug('replacing %s, left by a creation that did not commit', target);
-      rmSync(target, { recursive: true, force: true });
-      renameSync(staging, target);
     }
   }
 
@@ -548,18 +506,7 @@ export class Snapshotter {
     durable.catch(() => {}); // awaited below
     const dir = snapshotDir(this.settings, row.id);
     try {
-      // Hot path: what nothing was written to is a few empty dirs, deleted
-      // by rmdir(2) alone. Each rmdir waits on a discard under its parent's
-      // lock, so `fs` goes on the thread pool while this thread empties
-      // `work` (another parent): the waits overlap.
-      const fsGone = rmdir(`${dir}/fs`).then(
-        () => true,
-        (err: unknown) => errnoOf(err) === 'ENOENT',
-      );
-      if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
-      fault('remove:mid-delete');
-      if (!(await fsGone)) await fse.remove(`${dir}/fs`);
-      if (!removeIfEmpty(dir, [])) await fse.remove(dir);
+      await deleteSnapshotDir(dir);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.
       debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
@@ -589,51 +536,7 @@ export class Snapshotter {
    */
   async cleanup(): Promise<CleanupReport> {
     this.ensureOpen();
-    return this.sweep(() => true);
-  }
-
-  /**
-   * Claims the orphans that `select` accepts (renaming them to `rm-*` under
-   * the write lock), then deletes them and earlier claims outside it.
-   */
-  private async sweep(select: (name: string, lastAllocated: number) => boolean): Promise<CleanupReport> {
-    const report: CleanupReport = { removed: [], skipped: [] };
-    const trash = this.store.withLiveIds((live, lastAllocated) => {
-      let users: Map<number, string[]> | undefined;
-      const pruning = new Set(livePruneHolder(this.store.getMeta(PRUNE_LOCK))?.ids ?? []);
-      const pooled = livePoolDirs();
-      const earlier: string[] = [];
-      const orphans: string[] = [];
-      for (const name of readdirSync(this.snapshotsDir)) {
-        const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
-        if (id !== undefined && (live.has(id) || pruning.has(id))) continue;
-        if (id === undefined && pooled(name)) continue;
-        if (name.startsWith(TRASH_PREFIX)) {
-          earlier.push(name);
-          continue;
-        }
-        if (!select(name, lastAllocated)) continue;
-        if (id !== undefined) {
-          users ??= snapshotMounts(this.snapshotsDir);
-          const at = users.get(id);
-          if (at !== undefined) {
-            report.skipped.push({ name, mountPoints: at });
-            continue;
-          }
-        }
-        orphans.push(name);
-      }
-      // Claimed under the lock: a crashed creation's id can be allocated
-      // again, and must then find its place free, not deleted later.
-      const claimed = new Trash(this.snapshotsDir, orphans.length);
-      for (const name of earlier) claimed.adopt(name);
-      // A synchronous remove (here or in another process) deletes its dir
-      // after its transaction, without the lock: already gone is fine.
-      for (const name of orphans) if (claimed.claim(name)) report.removed.push(name);
-      return claimed;
-    });
-    await trash.empty('cleanup:mid');
-    return report;
+    return sweep(this.maintained, () => true);
   }
 
   /**
@@ -649,43 +552,7 @@ export class Snapshotter {
     for (const name of Object.keys(options)) {
       if (name !== 'repair') throw new InvalidArgumentError(`Unknown check option \`${name}\`; the only one is \`repair\``);
     }
-    const repair = options.repair === true;
-    const problems: CheckProblem[] = [];
-    const rows = this.store.allRows();
-    const live = new Set(rows.map((r) => r.id));
-    const users = snapshotMounts(this.snapshotsDir);
-    for (const row of rows) {
-      const dir = snapshotDir(this.settings, row.id);
-      if (!existsSync(dir)) {
-        problems.push({ problem: 'missing-directory', key: row.key, path: dir, repaired: false });
-        continue;
-      }
-      if (!existsSync(`${dir}/fs`)) problems.push({ problem: 'missing-fs', key: row.key, path: `${dir}/fs`, repaired: false });
-      if (row.kind === 'active' && !existsSync(`${dir}/work`)) {
-        if (repair) mkdirSync(`${dir}/work`, 0o711);
-        problems.push({ problem: 'missing-work', key: row.key, path: `${dir}/work`, repaired: repair });
-      }
-    }
-    const pooled = livePoolDirs();
-    for (const name of readdirSync(this.snapshotsDir)) {
-      const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
-      if (id !== undefined && live.has(id)) continue;
-      if (id === undefined && pooled(name)) continue;
-      const path = `${this.snapshotsDir}/${name}`;
-      const at = id === undefined ? undefined : users.get(id);
-      problems.push(
-        at !== undefined
-          ? { problem: 'orphan-mounted', path, mountPoints: at, repaired: false }
-          : { problem: name.startsWith(STAGING_PREFIX) ? 'staging-leftover' : 'orphan', path, repaired: false },
-      );
-    }
-    if (repair && problems.some((p) => p.problem === 'orphan' || p.problem === 'staging-leftover')) {
-      const { removed } = await this.sweep(() => true);
-      for (const p of problems) {
-        if ((p.problem === 'orphan' || p.problem === 'staging-leftover') && removed.includes(p.path.slice(this.snapshotsDir.length + 1))) p.repaired = true;
-      }
-    }
-    return { ok: problems.every((p) => p.repaired), problems, driver: this.driver, driverReason: this.driverReason };
+    return check(this.maintained, options.repair === true, { driver: this.driver, reason: this.driverReason });
   }
 
   /**
@@ -704,60 +571,7 @@ export class Snapshotter {
    */
   async prune(options?: PruneOptions): Promise<PruneReport> {
     this.ensureOpen();
-    const o = resolvePruneOptions(options);
-    const token = uuidv4();
-    this.store.exclusive(() => {
-      const holder = livePruneHolder(this.store.getMeta(PRUNE_LOCK));
-      if (holder !== undefined) {
-        throw new UnavailableError(`a prune is already running on ${this.root} (process ${holder.pid} since ${new Date(holder.since).toISOString()}); wait for it to finish`);
-      }
-      this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: [] }));
-    });
-    try {
-      const report: PruneReport = { dryRun: o.dryRun, removed: [], kept: [], marked: [], reclaimed: { bytes: 0, inodes: 0 } };
-      const decide = () => {
-        const plan = planPrune(this.store.walk(ALL), new Set(snapshotMounts(this.snapshotsDir).keys()), this.store.pruneMarks(), o);
-        if (!o.dryRun) {
-          this.store.applyPrune(plan.remove.map((r) => r.id), plan.mark, plan.unmark, o.now());
-          // While this prune deletes them, cleanup() elsewhere must leave these dirs alone.
-          this.store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: plan.remove.map((r) => r.id) }));
-        }
-        return plan;
-      };
-      const plan = o.dryRun ? decide() : this.store.exclusive(decide);
-      await this.store.durable();
-      report.kept = plan.kept.map(({ rec, reason }) => ({ name: rec.key, kind: rec.kind, reason }));
-      const names = new Map(plan.kept.map(({ rec }) => [rec.id, rec.key]));
-      for (const r of plan.remove) names.set(r.id, r.key);
-      report.marked = plan.mark.map((id) => names.get(id)!).filter((n) => n !== undefined);
-      // Measured just before deletion, so the figures are what the disk gives back.
-      const sizes = new Map<string, number>();
-      for (const rec of plan.remove) {
-        const dir = snapshotDir(this.settings, rec.id);
-        const usage = diskUsage(dir);
-        sizes.set(dir, usage.size);
-        report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes });
-        report.reclaimed.inodes += usage.inodes;
-      }
-      let done = 0;
-      let bytes = 0;
-      const progress = (dir: string) => {
-        bytes += sizes.get(dir)!;
-        o.onProgress?.({ done: ++done, total: plan.remove.length, bytes });
-      };
-      if (o.dryRun) for (const dir of sizes.keys()) progress(dir);
-      else await deleteTrees(this.snapshotsDir, [...sizes.keys()], 'prune:mid', progress);
-      report.reclaimed.bytes = bytes;
-      debug('prune %s: removed %d, kept %d, marked %d', this.root, report.removed.length, report.kept.length, report.marked.length);
-      return report;
-    } finally {
-      if (!this.closed) {
-        this.store.exclusive(() => {
-          const held = this.store.getMeta(PRUNE_LOCK);
-          if (held !== undefined && (JSON.parse(held) as { token?: string }).token === token) this.store.deleteMeta(PRUNE_LOCK);
-        });
-      }
-    }
+    return prune(this.maintained, resolvePruneOptions(options));
   }
 
   /**
@@ -789,68 +603,3 @@ export class Snapshotter {
     return info;
   }
 }
-
-/** Meta key of the prune lock: who runs a prune, and which ids it is deleting. */
-const PRUNE_LOCK = 'prune-lock';
-/** Matches every snapshot. */
-const ALL = parseFilters([]);
-
-/** The prune lock's holder if it is a live process, else undefined (a crashed prune's lock is stale). */
-function livePruneHolder(value: string | undefined): { pid: number; since: number; ids: number[] } | undefined {
-  if (value === undefined) return undefined;
-  try {
-    const lock = JSON.parse(value) as { pid: number; start?: string; since: number; ids?: number[] };
-    if (!isAlive(lock.pid, lock.start)) return undefined;
-    return { pid: lock.pid, since: lock.since, ids: lock.ids ?? [] };
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Deletes `dir` when it holds nothing but the empty subdirectories
- * `children` (a snapshot nothing was written to) with rmdir(2) alone, and
- * returns true; false when anything else is there, for the caller's
- * recursive removal, which costs thread-pool round trips per entry.
- */
-function removeIfEmpty(dir: string, children: readonly string[]): boolean {
-  try {
-    for (const child of children) {
-      try {
-        rmdirSync(`${dir}/${child}`);
-      } catch (err) {
-        if (errnoOf(err) !== 'ENOENT') return false;
-      }
-    }
-    rmdirSync(dir);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * UnavailableError when `driver` is overlay and overlay cannot run at the
- * root: for a new store, before anything is recorded, so that it can still
- * be opened with the native driver.
- */
-function checkDriverRuns(root: string, driver: DriverRecord, existing: boolean, capabilities: Capabilities): void {
-  const why = capabilities.overlayUnavailable;
-  if (driver.driver !== 'overlay' || why === null) return;
-  throw new UnavailableError(existing ? `the store at ${root} uses the "overlay" driver, which cannot run here: ${why}` : why);
-}
-
-/**
- * A store file without a schema beside snapshot directories means the
- * metadata was lost (deleted, truncated to nothing): refuse rather than
- * start over and orphan every layer.
- */
-function refuseSilentReset(snapshotsDir: string, file: string): void {
-  const ids = readdirSync(snapshotsDir).filter((n) => DECIMAL_ID.test(n));
-  if (ids.length > 0) {
-    throw new UnavailableError(
-      `metadata store ${file} is empty but ${snapshotsDir} holds ${ids.length} snapshot director${ids.length === 1 ? 'y' : 'ies'}; restore metadata.db from a backup, or move the snapshots away to start afresh`,
-    );
-  }
-}
-

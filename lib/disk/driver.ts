@@ -90,6 +90,18 @@ export function checkGivenDriver(root: string, store: DriverRecord, given: Drive
   );
 }
 
+/**
+ * UnavailableError when `driver` is overlay and overlay cannot run at the
+ * root (`overlayUnavailable` says why, as the capabilities do): for a new
+ * store, before anything is recorded, so that it can still be opened with
+ * the native driver.
+ */
+export function checkDriverRuns(root: string, driver: DriverRecord, existing: boolean, overlayUnavailable: string | null): void {
+  const why = overlayUnavailable;
+  if (driver.driver !== 'overlay' || why === null) return;
+  throw new UnavailableError(existing ? `the store at ${root} uses the "overlay" driver, which cannot run here: ${why}` : why);
+}
+
 /** A snapshot as the inference needs it. */
 export interface DriverRow {
   readonly id: number;

@@ -16,9 +16,11 @@
  * its first error (prepare then stages its own, as it does while none is
  * ready).
  */
+import { renameSync, rmSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
+import { errnoOf } from '../kernel/libc.js';
 import { isAlive, selfTag } from '../kernel/liveness.js';
 
 const debug = createDebug('overlay-snapshotter:staging');
@@ -157,5 +159,23 @@ export class StagingPool {
     Atomics.store(this.counters, STOP, 1);
     Atomics.notify(this.counters, TAKEN);
     await exited;
+  }
+}
+
+/**
+ * Renames a staging dir to its id. A dir already there can only be the
+ * leftover of a creation that crashed before its transaction committed
+ * (the id was rolled back and is being allocated again while the caller
+ * holds the write lock): it belongs to no record, so it is replaced.
+ */
+export function moveIntoPlace(staging: string, target: string): void {
+  try {
+    renameSync(staging, target);
+  } catch (err) {
+    const code = errnoOf(err);
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+    debug('replacing %s, left by a creation that did not commit', target);
+    rmSync(target, { recursive: true, force: true });
+    renameSync(staging, target);
   }
 }

@@ -44,3 +44,9 @@ export function syscallError(syscall: string, what: string, path?: string, errno
   Error.captureStackTrace(err, syscallError);
   return err;
 }
+
+/** The errno name (`'ENOENT'`, ...) of a Node-style error, or undefined for anything else. */
+export function errnoOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}

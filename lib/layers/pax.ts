@@ -105,3 +105,22 @@ export function paxBody(records: Array<[string, string | Buffer]>): Buffer {
 }
 
 export const XATTR_PAX_PREFIX = SCHILY;
+
+function paxNumber(header: EntryHeader, key: string): number | undefined {
+  const v = header.pax?.[key];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/** An entry's times in seconds since the epoch: PAX records keep sub-second precision the ustar header lacks. */
+export function entryTimes(header: EntryHeader): { atime: number; mtime: number } {
+  const mtime = paxNumber(header, 'mtime') ?? (header.mtime ? header.mtime.getTime() / 1000 : 0);
+  const atime = paxNumber(header, 'atime') ?? mtime;
+  // containerd uses max(atime, mtime) so that a layer cannot set an atime before its mtime.
+  return { atime: Math.max(atime, mtime), mtime };
+}
+
+export function entryOwner(header: EntryHeader): { uid: number; gid: number } {
+  return { uid: paxNumber(header, 'uid') ?? header.uid ?? 0, gid: paxNumber(header, 'gid') ?? header.gid ?? 0 };
+}

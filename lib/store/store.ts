@@ -5,18 +5,19 @@
  * snapshotter is durable when it returns: SQLite runs with
  * `synchronous=NORMAL` (the WAL is synced around checkpoints) and
  * {@link Store.durableNow} or {@link Store.durable} syncs the WAL after
- * commits, which together is what `synchronous=FULL` does; the second runs
- * the sync on the thread pool, so that a caller can delete directories
- * meanwhile.
+ * commits (wal-sync.ts), which together is what `synchronous=FULL` does; the
+ * second runs the sync on the thread pool, so that a caller can delete
+ * directories meanwhile. Reads outside transactions go through the read
+ * cache (read-cache.ts); the tables and their codecs are in schema.ts.
  *
- * The store knows no paths and no kernel: callers that must do directory
- * work inside a transaction (staging a new snapshot) pass a callback that
- * runs while the write lock is held.
+ * Owns the connection, the queries and the transactions. The store knows no
+ * paths and no kernel: callers that must do directory work inside a
+ * transaction (staging a new snapshot) pass a callback that runs while the
+ * write lock is held. Of lib/kernel/ it may use the C library handle alone
+ * (wal-header.ts maps the WAL index), never mounts, probes or the tree.
  */
-import { closeSync, fdatasync, fdatasyncSync, openSync, readdirSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import createDebug from 'debug';
-import koffi from 'koffi';
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -27,62 +28,28 @@ import {
   q,
 } from '../model/errors.js';
 import type { Filter, Selector } from '../model/filters.js';
+import type { Record_, Row } from '../model/record.js';
 import type { Kind } from '../model/types.js';
-import { libc as loadLibc } from '../kernel/libc.js';
+import { ReadCache } from './read-cache.js';
+import {
+  FULL_COLUMNS,
+  FULL_FROM,
+  KIND_CODE,
+  MIGRATIONS,
+  ROW_COLUMNS,
+  type RawFull,
+  type RawRow,
+  byKey,
+  copyRecord,
+  copyRow,
+  migrate,
+  toRecord,
+  toRow,
+} from './schema.js';
+import { WalHeader } from './wal-header.js';
+import { WalSync } from './wal-sync.js';
 
 const debug = createDebug('overlay-snapshotter:store');
-
-/** Schema migrations; `PRAGMA user_version` is the number applied. Append only. */
-const MIGRATIONS: readonly string[] = [
-  `CREATE TABLE snapshots (
-     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-     key      TEXT    NOT NULL UNIQUE,
-     kind     INTEGER NOT NULL,
-     parent   INTEGER REFERENCES snapshots(id),
-     created  INTEGER NOT NULL,
-     updated  INTEGER NOT NULL,
-     size     INTEGER NOT NULL DEFAULT 0,
-     inodes   INTEGER NOT NULL DEFAULT 0
-   );
-   CREATE INDEX snapshots_parent ON snapshots(parent) WHERE parent IS NOT NULL;
-   CREATE TABLE labels (
-     snapshot INTEGER NOT NULL REFERENCES snapshots(id),
-     key      TEXT    NOT NULL,
-     value    TEXT    NOT NULL,
-     PRIMARY KEY (snapshot, key)
-   ) WITHOUT ROWID;
-   CREATE INDEX labels_key_value ON labels(key, value);
-   CREATE TABLE meta (
-     key   TEXT PRIMARY KEY,
-     value TEXT NOT NULL
-   ) WITHOUT ROWID;`,
-  // 2: marks of two-phase prune (when a snapshot was first found unreferenced).
-  `CREATE TABLE prune_marks (
-     snapshot INTEGER PRIMARY KEY REFERENCES snapshots(id),
-     marked   INTEGER NOT NULL
-   );`,
-];
-
-const KIND_CODE: Record<Kind, number> = { view: 0, active: 1, committed: 2 };
-const KIND_NAME: readonly Kind[] = ['view', 'active', 'committed'];
-
-/** A snapshot record as stored. Times are milliseconds since the epoch. */
-export interface Row {
-  readonly id: number;
-  readonly key: string;
-  readonly kind: Kind;
-  readonly parent: number | null;
-  readonly created: number;
-  readonly updated: number;
-  readonly size: number;
-  readonly inodes: number;
-}
-
-/** A record with its parent's name and its labels. */
-export interface Record_ extends Row {
-  readonly parentName: string | null;
-  readonly labels: Record<string, string>;
-}
 
 export interface CreateRequest {
   key: string;
@@ -102,189 +69,6 @@ export interface CreateRequest {
 export interface StageHooks {
   stage(parentIds: number[]): void;
   place(id: number, parentIds: number[]): void;
-}
-
-type RawRow = [number, string, number, number | null, number, number, number, number];
-type RawRecord = [...RawRow, string | null];
-
-const ROW_COLUMNS = 's.id, s.key, s.kind, s.parent, s.created, s.updated, s.size, s.inodes';
-
-function toRow(r: RawRow | RawRecord): Row {
-  return {
-    id: r[0],
-    key: r[1],
-    kind: KIND_NAME[r[2]]!,
-    parent: r[3],
-    created: r[4],
-    updated: r[5],
-    size: r[6],
-    inodes: r[7],
-  };
-}
-
-/** A raw record followed by its labels as a JSON object (`json_group_object`). */
-type RawFull = [...RawRecord, string | null];
-
-/**
- * The columns of a record with its parent's name and its labels in one
- * statement: one read (one pair of WAL read locks) instead of three.
- */
-const FULL_COLUMNS = `${ROW_COLUMNS}, p.key, (SELECT json_group_object(l.key, l.value) FROM labels l WHERE l.snapshot = s.id)`;
-const FULL_FROM = 'snapshots s LEFT JOIN snapshots p ON p.id = s.parent';
-
-function toRecord(r: RawFull): Record_ {
-  return {
-    id: r[0],
-    key: r[1],
-    kind: KIND_NAME[r[2]]!,
-    parent: r[3],
-    created: r[4],
-    updated: r[5],
-    size: r[6],
-    inodes: r[7],
-    parentName: r[8],
-    // JSON.parse makes own properties, `__proto__` included, as setLabel does.
-    labels: r[9] === null || r[9] === '{}' ? {} : (JSON.parse(r[9]) as Record<string, string>),
-  };
-}
-
-/** A caller's own copy of a cached record (the labels object is theirs to change). */
-function copyRecord(r: Record_): Record_ {
-  return {
-    id: r.id,
-    key: r.key,
-    kind: r.kind,
-    parent: r.parent,
-    created: r.created,
-    updated: r.updated,
-    size: r.size,
-    inodes: r.inodes,
-    parentName: r.parentName,
-    labels: { ...r.labels },
-  };
-}
-
-function copyRow(r: Row): Row {
-  return { id: r.id, key: r.key, kind: r.kind, parent: r.parent, created: r.created, updated: r.updated, size: r.size, inodes: r.inodes };
-}
-
-/** Sort key for a UTF-16 code unit such that code-unit order becomes code-point (= UTF-8 byte) order. */
-function unitRank(u: number): number {
-  return u < 0xd800 ? u : u < 0xe000 ? u + 0x2000 : u - 0x800;
-}
-
-/** Orders records by key bytewise (UTF-8), as SQLite's BINARY collation and containerd's bolt buckets do. */
-function byKey(a: Record_, b: Record_): number {
-  const x = a.key;
-  const y = b.key;
-  const n = Math.min(x.length, y.length);
-  for (let i = 0; i < n; i++) {
-    const cx = x.charCodeAt(i);
-    const cy = y.charCodeAt(i);
-    if (cx !== cy) return unitRank(cx) - unitRank(cy);
-  }
-  return x.length - y.length;
-}
-
-const DONE: Promise<void> = Promise.resolve();
-
-/** Records kept in memory at most; a bigger store is read from SQLite each time. */
-const CACHE_LIMIT = 200_000;
-
-type Libc = { mmap: (...args: unknown[]) => unknown; munmap: (...args: unknown[]) => number };
-let libc: Libc | undefined;
-
-/**
- * The WAL-index header of a store (the first 48 bytes of `<db>-shm`, in
- * SQLite's documented wal-index format, https://www.sqlite.org/walformat.html),
- * mapped read-only. Every commit by any connection of any process rewrites
- * it (frame count, change counter, checksums; salts on a WAL restart), so
- * while it reads the same, nothing was committed and what was read before
- * is still current. Checking it is a few memory loads, where asking SQLite
- * costs a read transaction (two fcntl locks on the shm file, about 2.5 µs,
- * more than the rest of a `stat`).
- */
-class WalHeader {
-  private readonly seen = new Int32Array(12);
-  private words: Int32Array | undefined;
-
-  private constructor(
-    private readonly address: unknown,
-    words: Int32Array,
-  ) {
-    this.words = words;
-  }
-
-  /**
-   * Maps the header of `file`'s WAL index through SQLite's own descriptor
-   * of the shm file, or returns undefined (then nothing is cached). Opening
-   * and closing a descriptor of our own would drop every fcntl lock this
-   * process holds on the file (POSIX locks are per process and per file),
-   * SQLite's included, and let another process reinitialise the shm under
-   * us.
-   */
-  static map(file: string): WalHeader | undefined {
-    try {
-      libc ??= (() => {
-        const lib = loadLibc();
-        return {
-          mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)') as Libc['mmap'],
-          munmap: lib.func('int munmap(void *addr, size_t length)') as Libc['munmap'],
-        };
-      })();
-      const shm = statSync(`${file}-shm`, { throwIfNoEntry: false });
-      // SQLite sizes the shm file before it writes the header; mapping past its end would fault.
-      if (shm === undefined || shm.size < 4096) return undefined;
-      let fd: number | undefined;
-      for (const name of readdirSync('/proc/self/fd')) {
-        const st = statSync(`/proc/self/fd/${name}`, { throwIfNoEntry: false });
-        if (st !== undefined && st.dev === shm.dev && st.ino === shm.ino) {
-          fd = Number(name);
-          break;
-        }
-      }
-      if (fd === undefined) return undefined;
-      const address = libc.mmap(null, 4096, 1 /* PROT_READ */, 1 /* MAP_SHARED */, fd, 0);
-      if (address === null || BigInt.asUintN(64, BigInt(koffi.address(address))) === 0xffffffffffffffffn) return undefined;
-      return new WalHeader(address, new Int32Array(koffi.view(address, 48)));
-    } catch (err) {
-      debug('not caching reads of %s: %s', file, (err as Error).message);
-      return undefined;
-    }
-  }
-
-  /** True when the header differs from the one seen at the previous call (a commit happened since). */
-  changed(): boolean {
-    const words = this.words!;
-    const seen = this.seen;
-    let changed = false;
-    for (let i = 0; i < 12; i++) {
-      const w = words[i]!;
-      if (w !== seen[i]) {
-        seen[i] = w;
-        changed = true;
-      }
-    }
-    return changed;
-  }
-
-  /** True when the header differs from `copy` (a commit happened since `copy` was taken). */
-  differsFrom(copy: Int32Array): boolean {
-    const words = this.words!;
-    for (let i = 0; i < 12; i++) if (words[i] !== copy[i]) return true;
-    return false;
-  }
-
-  /** Copies the current header into `copy`. */
-  copyTo(copy: Int32Array): void {
-    copy.set(this.words!);
-  }
-
-  unmap(): void {
-    if (this.words === undefined) return;
-    this.words = undefined;
-    libc!.munmap(this.address, 4096);
-  }
 }
 
 function kindLabel(kind: Kind): string {
@@ -327,42 +111,14 @@ export class Store {
   private readonly db: Database.Database;
   /** Parent of each committed snapshot seen. Committed parents never change and ids are never reused, so this never goes stale. */
   private readonly committedParent = new Map<number, number | null>();
-  /**
-   * Read caches, valid while the WAL-index header is unchanged (see
-   * {@link WalHeader}) and used only outside transactions: records by key
-   * (stat, mounts, usage) and every record in key order (walk).
-   */
+  /** The WAL-index header, mapped: whether anything was committed since it was last read. */
   private readonly header: WalHeader | undefined;
-  /**
-   * The WAL file, opened read-only, that {@link durable} syncs; undefined
-   * when the header or the file could not be had, and then SQLite syncs
-   * each commit itself (`synchronous=FULL`). SQLite takes no locks on the
-   * WAL file (its locks are on the shm file), so a descriptor of our own
-   * drops none when closed.
-   */
-  private walFd: number | undefined;
-  /** The WAL-index header when the last sync of the WAL started: while it reads the same, nothing needs syncing. */
-  private readonly synced = new Int32Array(12);
-  /** The sync of the WAL in flight, and the one queued after it for commits it may have missed. */
-  private syncing: Promise<void> | undefined;
-  private queued: Promise<void> | undefined;
-  private readonly cache = new Map<string, Record_>();
-  private all: Record_[] | undefined;
+  /** Read caches, valid while the header is unchanged and used only outside transactions. */
+  private readonly reads: ReadCache;
+  /** The sync of the WAL after commits (Store.durable). */
+  private readonly sync: WalSync;
   /** Transaction runners made once: `db.transaction()` per call costs more than a cached read. */
   private readonly inTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
-  /**
-   * A second connection, opened at the first cache miss, that answers
-   * misses inside one read transaction: a burst of misses takes SQLite's
-   * read locks once, not once per record. The transaction ends as soon as
-   * anything is committed (by this process's next write, or when a read
-   * sees the header change) and when the event loop turns, so that it
-   * never holds an old snapshot, nor back checkpoints for long. Only the
-   * cache reads through it. `null` when it could not be opened (misses then
-   * use the main connection).
-   */
-  private reader: { db: Database.Database; begin: Database.Statement; end: Database.Statement; record: Database.Statement<[string], RawFull> } | null | undefined;
-  /** A read transaction is open on {@link reader}. */
-  private readerOpen = false;
 
   // Prepared statements: hot paths (prepare, commit, stat, mounts) use these.
   private readonly sGet: Database.Statement<[string], RawRow>;
@@ -387,16 +143,7 @@ export class Store {
     this.file = file;
     this.db = db;
     this.header = WalHeader.map(file);
-    if (this.header !== undefined) {
-      try {
-        this.walFd = openSync(`${file}-wal`, 'r');
-        // Everything committed so far was synced by FULL; from now on durable() syncs.
-        db.pragma('synchronous = NORMAL');
-        this.header.copyTo(this.synced);
-      } catch (err) {
-        debug('syncing every commit on the main thread: cannot open the WAL of %s: %s', file, (err as Error).message);
-      }
-    }
+    this.sync = new WalSync(file, this.header, db);
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
     this.sRecord = db.prepare<[string], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.key = ?`).raw();
     this.sRecordById = db.prepare<[number], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.id = ?`).raw();
@@ -417,6 +164,7 @@ export class Store {
     );
     this.sTouch = db.prepare('UPDATE snapshots SET updated = ? WHERE id = ?');
     this.sIds = db.prepare<[], [number]>('SELECT id FROM snapshots').raw();
+    this.reads = new ReadCache(file, db, this.header, this.sRecord);
   }
 
   /**
@@ -454,17 +202,7 @@ export class Store {
    *   I/O error: what was committed may be lost on power failure).
    */
   durable(): Promise<void> {
-    if (this.walFd === undefined) return DONE;
-    if (this.queued !== undefined) return this.queued;
-    if (!this.header!.differsFrom(this.synced)) return this.syncing ?? DONE;
-    if (this.syncing === undefined) return this.startSync();
-    // The sync in flight may have started before the latest commit.
-    const queued = this.syncing.then(
-      () => this.afterQueued(),
-      () => this.afterQueued(),
-    );
-    this.queued = queued;
-    return queued;
+    return this.sync.durable();
   }
 
   /**
@@ -473,101 +211,21 @@ export class Store {
    * @throws UnavailableError when the sync fails.
    */
   durableNow(): void {
-    if (this.walFd === undefined) return;
-    // Clean and no sync in flight: everything is on disk. A sync in flight
-    // may not have finished: syncing again here is cheap and certain.
-    if (!this.header!.differsFrom(this.synced) && this.syncing === undefined) return;
-    this.header!.copyTo(this.synced);
-    try {
-      fdatasyncSync(this.walFd);
-    } catch (err) {
-      this.synced.fill(0);
-      throw this.syncError(err as NodeJS.ErrnoException);
-    }
-  }
-
-  private syncError(err: NodeJS.ErrnoException): UnavailableError {
-    return new UnavailableError(`cannot make metadata store ${this.file} durable (${err.code ?? err.message}); check the disk`, { cause: err });
-  }
-
-  private afterQueued(): Promise<void> {
-    this.queued = undefined;
-    return this.durable();
-  }
-
-  private startSync(): Promise<void> {
-    this.header!.copyTo(this.synced);
-    const fd = this.walFd!;
-    const sync = new Promise<void>((resolve, reject) => {
-      fdatasync(fd, (err) => {
-        if (this.syncing === sync) this.syncing = undefined;
-        if (err === null) return resolve();
-        // Not synced after all: the next call tries again.
-        this.synced.fill(0);
-        reject(this.syncError(err));
-      });
-    });
-    this.syncing = sync;
-    return sync;
+    this.sync.durableNow();
   }
 
   close(): void {
-    if (this.walFd !== undefined) {
-      closeSync(this.walFd);
-      this.walFd = undefined;
-    }
+    this.sync.close();
     // Unmapped before SQLite closes: its close may delete the shm file.
     this.header?.unmap();
-    this.cache.clear();
-    this.all = undefined;
-    if (this.reader) {
-      this.endRead();
-      this.reader.db.close();
-      this.reader = null;
-    }
+    this.reads.close();
     if (this.db.open) this.db.close();
-  }
-
-  private openReader(): NonNullable<Store['reader']> | null {
-    try {
-      const db = new Database(this.file, { timeout: this.db.pragma('busy_timeout', { simple: true }) as number });
-      this.reader = {
-        db,
-        begin: db.prepare('BEGIN'),
-        end: db.prepare('COMMIT'),
-        record: db.prepare<[string], RawFull>(`SELECT ${FULL_COLUMNS} FROM ${FULL_FROM} WHERE s.key = ?`).raw(),
-      };
-    } catch (err) {
-      debug('no reader connection for %s: %s', this.file, (err as Error).message);
-      this.reader = null;
-    }
-    return this.reader;
-  }
-
-  /** Ends the reader's transaction, so that it never holds back checkpoints while the process is idle. */
-  private readonly endRead = (): void => {
-    if (!this.readerOpen) return;
-    this.readerOpen = false;
-    this.reader?.end.run();
-  };
-
-  /** The raw record of `key` for a cache miss (outside any transaction of the main connection). */
-  private readMiss(key: string): RawFull | undefined {
-    const reader = this.reader === undefined ? this.openReader() : this.reader;
-    if (reader === null) return this.sRecord.get(key);
-    if (!this.readerOpen) {
-      // Begun after the header was last read, so its snapshot holds at least what the header showed.
-      reader.begin.run();
-      this.readerOpen = true;
-      setImmediate(this.endRead).unref();
-    }
-    return reader.record.get(key);
   }
 
   /** Runs `fn` in one BEGIN IMMEDIATE transaction and translates SQLite errors. */
   private write<T>(fn: () => T): T {
     try {
-      this.endRead();
+      this.reads.endRead();
       return this.inTransaction.immediate(fn) as T;
     } catch (err) {
       throw translate(err, this.file);
@@ -583,37 +241,10 @@ export class Store {
     }
   }
 
-  /**
-   * Whether the read caches may be used now, emptying them if anything was
-   * committed since they were filled. Never inside a transaction, whose
-   * own uncommitted changes the header does not show.
-   */
-  private cacheUsable(): boolean {
-    if (this.header === undefined || this.db.inTransaction) return false;
-    if (this.header.changed()) {
-      this.cache.clear();
-      this.all = undefined;
-      this.endRead();
-    }
-    return true;
-  }
-
   /** The record of `key` (shared: callers copy what they hand out), from the cache when current. */
   private cachedRecord(key: string): Record_ | undefined {
     try {
-      if (!this.cacheUsable()) {
-        const raw = this.sRecord.get(key);
-        return raw === undefined ? undefined : toRecord(raw);
-      }
-      let rec = this.cache.get(key);
-      if (rec === undefined) {
-        const raw = this.readMiss(key);
-        if (raw === undefined) return undefined;
-        rec = toRecord(raw);
-        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-        this.cache.set(key, rec);
-      }
-      return rec;
+      return this.reads.record(key);
     } catch (err) {
       throw translate(err, this.file);
     }
@@ -843,11 +474,7 @@ export class Store {
 
   /** Every record in key order (shared: callers copy), from the cache when current; one statement otherwise. */
   private allRecords(): Record_[] {
-    const usable = this.cacheUsable();
-    if (usable && this.all !== undefined) return this.all;
-    const all = this.sAllRecords.all().map(toRecord);
-    if (usable && all.length <= CACHE_LIMIT) this.all = all;
-    return all;
+    return this.reads.records(() => this.sAllRecords.all().map(toRecord));
   }
 
   /** A walk whose every OR-clause has an indexed selector: candidates from the indexes, then the full filter. */
@@ -915,23 +542,3 @@ export class Store {
   }
 }
 
-/** Applies pending migrations; returns true when the file had no schema at all. */
-function migrate(db: Database.Database, file: string): boolean {
-  const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) {
-    throw new UnavailableError(`metadata store ${file} has schema version ${version}, newer than this library knows (${MIGRATIONS.length}); upgrade overlay-snapshotter`);
-  }
-  if (version === MIGRATIONS.length) return false;
-  let fresh = false;
-  db.transaction(() => {
-    // Re-read under the write lock: another process may have migrated meanwhile.
-    const current = db.pragma('user_version', { simple: true }) as number;
-    fresh = current === 0;
-    for (let v = current; v < MIGRATIONS.length; v++) {
-      db.exec(MIGRATIONS[v]!);
-      debug('migrated %s to schema %d', file, v + 1);
-    }
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
-  }).immediate();
-  return fresh;
-}

@@ -1,7 +1,8 @@
 /** Mounting mount specs: no knowledge of snapshots or the metadata store. */
 export { mountAll, unmountAll } from './mount.js';
 export type { MountAllOptions } from './mount.js';
-export { MAX_LOWER_LAYERS, STRATEGY_ENV, overlayLowerLimit, resolveOverlayStrategy } from './overlay.js';
+export { STRATEGY_ENV, resolveOverlayStrategy } from './overlay.js';
+export { MAX_LOWER_LAYERS, overlayLowerLimit } from './overlay-plan.js';
 export type { OverlayStrategy } from './overlay.js';
 export { parseMountOptions } from './options.js';
 export type { ParsedMountOptions } from './options.js';

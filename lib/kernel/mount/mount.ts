@@ -10,7 +10,8 @@ import createDebug from 'debug';
 import { InvalidArgumentError, UnavailableError, q } from '../../model/errors.js';
 import type { Mount } from '../../model/types.js';
 import { MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, PER_MOUNT_FLAGS, parseMountOptions, type ParsedMountOptions } from './options.js';
-import { type OverlayChoice, type OverlayPlan, type OverlayStrategy, chooseOverlayStrategy, mountOverlay, overlayPaths, planOverlay } from './overlay.js';
+import { type OverlayChoice, type OverlayStrategy, chooseOverlayStrategy, mountOverlay } from './overlay.js';
+import { type OverlayPlan, overlayPaths, planOverlay } from './overlay-plan.js';
 import { type WrittenRecord, clearRecords, dropRecords, recordMount, recordMounted } from './records.js';
 import { mount, statfsFlags, tryUmount2, umount2Error } from './syscalls.js';
 

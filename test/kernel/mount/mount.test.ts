@@ -15,7 +15,7 @@ import {
   unmountAll,
   type OverlayStrategy,
 } from '../../../lib/kernel/mount/index.js';
-import { escapeOverlayPath, parseLowerdirs } from '../../../lib/kernel/mount/overlay.js';
+import { escapeOverlayPath, parseLowerdirs } from '../../../lib/kernel/mount/overlay-plan.js';
 import type { Mount } from '../../../lib/model/types.js';
 import { mountPoints, removeTree } from '../../helpers/fixtures.js';
 import { mountTestOptions } from '../../helpers/require-mount.js';

@@ -1,0 +1,250 @@
+/**
+ * The whole-root calls of the facade: `cleanup()` (and the recovery of
+ * `open()`: its sweep, and the refusal to start over on lost metadata),
+ * `check()` and `prune()`. Each holds the store's write lock
+ * while it decides (so that no snapshot is created, nor staging dir filled,
+ * meanwhile) and does the slow disk work after it: claiming and deleting
+ * trees (disk/trash.ts), measuring them (disk/usage.ts), asking the kernel
+ * what is mounted (kernel/mount/in-use.ts).
+ *
+ * Part of the facade: it may use every layer below (store/, disk/, kernel/,
+ * model/, the prune planner) and is used by snapshotter.ts alone. It keeps
+ * no state of its own; the prune lock lives in the store's `meta` table.
+ */
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import createDebug from 'debug';
+import { v4 as uuidv4 } from 'uuid';
+import { livePoolDirs, STAGING_PREFIX } from './disk/staging.js';
+import { TRASH_PREFIX, Trash, deleteTrees } from './disk/trash.js';
+import { diskUsage } from './disk/usage.js';
+import { isAlive, selfTag } from './kernel/liveness.js';
+import { snapshotMounts } from './kernel/mount/in-use.js';
+import { UnavailableError } from './model/errors.js';
+import { parseFilters } from './model/filters.js';
+import { type SpecSettings, snapshotDir } from './model/specs.js';
+import type { Driver } from './model/types.js';
+import { type PruneReport, type ResolvedPruneOptions, planPrune } from './prune.js';
+import type { Store } from './store/store.js';
+
+const debug = createDebug('overlay-snapshotter:snapshotter');
+
+/** Entries of `snapshots/` that are a snapshot's directory are named by its id. */
+export const DECIMAL_ID = /^[1-9][0-9]*$/;
+
+/** What `cleanup()` did: entries of `snapshots/` deleted, and those kept because they are mounted. */
+export interface CleanupReport {
+  /** Names of the entries removed (ids of removed snapshots, `new-*` leftovers, strays). */
+  removed: string[];
+  /** Orphans left in place because something is mounted on or from them. */
+  skipped: { name: string; mountPoints: string[] }[];
+}
+
+/** One inconsistency found by `check()`. */
+export interface CheckProblem {
+  problem: 'missing-directory' | 'missing-fs' | 'missing-work' | 'orphan' | 'staging-leftover' | 'orphan-mounted';
+  /** The snapshot's key or name, for problems of a record. */
+  key?: string;
+  /** The path concerned. */
+  path: string;
+  /** For `orphan-mounted`: where it is mounted. */
+  mountPoints?: string[];
+  /** Whether `check({ repair: true })` fixed it. */
+  repaired: boolean;
+}
+
+/** The result of `check()`: `ok` when nothing is (left) wrong. */
+export interface CheckReport {
+  ok: boolean;
+  problems: CheckProblem[];
+  /** The store's driver ({@link Snapshotter.driver}), which decides what a consistent snapshot is. */
+  driver: Driver;
+  /** Why the store has that driver ({@link Snapshotter.driverReason}). */
+  driverReason: string;
+}
+
+/** What these calls need of an open snapshotter. */
+export interface Root {
+  /** The absolute root. */
+  readonly root: string;
+  readonly store: Store;
+  readonly settings: SpecSettings;
+  /** True once the snapshotter is closed (a prune that outlives it leaves its lock to be found stale). */
+  closed(): boolean;
+}
+
+/**
+ * Claims the orphans of `snapshots/` that `select` accepts (renaming them
+ * to `rm-*` under the write lock), then deletes them and earlier claims
+ * outside it.
+ */
+export async function sweep(r: Root, select: (name: string, lastAllocated: number) => boolean): Promise<CleanupReport> {
+  const snapshotsDir = r.settings.snapshotsDir;
+  const report: CleanupReport = { removed: [], skipped: [] };
+  const trash = r.store.withLiveIds((live, lastAllocated) => {
+    let users: Map<number, string[]> | undefined;
+    const pruning = new Set(livePruneHolder(r.store.getMeta(PRUNE_LOCK))?.ids ?? []);
+    const pooled = livePoolDirs();
+    const earlier: string[] = [];
+    const orphans: string[] = [];
+    for (const name of readdirSync(snapshotsDir)) {
+      const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
+      if (id !== undefined && (live.has(id) || pruning.has(id))) continue;
+      if (id === undefined && pooled(name)) continue;
+      if (name.startsWith(TRASH_PREFIX)) {
+        earlier.push(name);
+        continue;
+      }
+      if (!select(name, lastAllocated)) continue;
+      if (id !== undefined) {
+        users ??= snapshotMounts(snapshotsDir);
+        const at = users.get(id);
+        if (at !== undefined) {
+          report.skipped.push({ name, mountPoints: at });
+          continue;
+        }
+      }
+      orphans.push(name);
+    }
+    // Claimed under the lock: a crashed creation's id can be allocated
+    // again, and must then find its place free, not deleted later.
+    const claimed = new Trash(snapshotsDir, orphans.length);
+    for (const name of earlier) claimed.adopt(name);
+    // A synchronous remove (here or in another process) deletes its dir
+    // after its transaction, without the lock: already gone is fine.
+    for (const name of orphans) if (claimed.claim(name)) report.removed.push(name);
+    return claimed;
+  });
+  await trash.empty('cleanup:mid');
+  return report;
+}
+
+/** The inconsistencies between records and directories (Snapshotter.check), repaired where safe when `repair`. */
+export async function check(r: Root, repair: boolean, driver: { driver: Driver; reason: string }): Promise<CheckReport> {
+  const snapshotsDir = r.settings.snapshotsDir;
+  const problems: CheckProblem[] = [];
+  const rows = r.store.allRows();
+  const live = new Set(rows.map((row) => row.id));
+  const users = snapshotMounts(snapshotsDir);
+  for (const row of rows) {
+    const dir = snapshotDir(r.settings, row.id);
+    if (!existsSync(dir)) {
+      problems.push({ problem: 'missing-directory', key: row.key, path: dir, repaired: false });
+      continue;
+    }
+    if (!existsSync(`${dir}/fs`)) problems.push({ problem: 'missing-fs', key: row.key, path: `${dir}/fs`, repaired: false });
+    if (row.kind === 'active' && !existsSync(`${dir}/work`)) {
+      if (repair) mkdirSync(`${dir}/work`, 0o711);
+      problems.push({ problem: 'missing-work', key: row.key, path: `${dir}/work`, repaired: repair });
+    }
+  }
+  const pooled = livePoolDirs();
+  for (const name of readdirSync(snapshotsDir)) {
+    const id = DECIMAL_ID.test(name) ? Number(name) : undefined;
+    if (id !== undefined && live.has(id)) continue;
+    if (id === undefined && pooled(name)) continue;
+    const path = `${snapshotsDir}/${name}`;
+    const at = id === undefined ? undefined : users.get(id);
+    problems.push(
+      at !== undefined
+        ? { problem: 'orphan-mounted', path, mountPoints: at, repaired: false }
+        : { problem: name.startsWith(STAGING_PREFIX) ? 'staging-leftover' : 'orphan', path, repaired: false },
+    );
+  }
+  if (repair && problems.some((p) => p.problem === 'orphan' || p.problem === 'staging-leftover')) {
+    const { removed } = await sweep(r, () => true);
+    for (const p of problems) {
+      if ((p.problem === 'orphan' || p.problem === 'staging-leftover') && removed.includes(p.path.slice(snapshotsDir.length + 1))) p.repaired = true;
+    }
+  }
+  return { ok: problems.every((p) => p.repaired), problems, driver: driver.driver, driverReason: driver.reason };
+}
+
+/**
+ * A store file without a schema beside snapshot directories means the
+ * metadata was lost (deleted, truncated to nothing): refuse rather than
+ * start over and orphan every layer. Called by open() on a fresh schema.
+ */
+export function refuseSilentReset(snapshotsDir: string, file: string): void {
+  const ids = readdirSync(snapshotsDir).filter((n) => DECIMAL_ID.test(n));
+  if (ids.length > 0) {
+    throw new UnavailableError(
+      `metadata store ${file} is empty but ${snapshotsDir} holds ${ids.length} snapshot director${ids.length === 1 ? 'y' : 'ies'}; restore metadata.db from a backup, or move the snapshots away to start afresh`,
+    );
+  }
+}
+
+/** Meta key of the prune lock: who runs a prune, and which ids it is deleting. */
+const PRUNE_LOCK = 'prune-lock';
+/** Matches every snapshot. */
+const ALL = parseFilters([]);
+
+/** The prune lock's holder if it is a live process, else undefined (a crashed prune's lock is stale). */
+function livePruneHolder(value: string | undefined): { pid: number; since: number; ids: number[] } | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const lock = JSON.parse(value) as { pid: number; start?: string; since: number; ids?: number[] };
+    if (!isAlive(lock.pid, lock.start)) return undefined;
+    return { pid: lock.pid, since: lock.since, ids: lock.ids ?? [] };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Snapshotter.prune with resolved options: lock, plan and records in transactions, then the directories. */
+export async function prune(r: Root, o: ResolvedPruneOptions): Promise<PruneReport> {
+  const { store, settings } = r;
+  const snapshotsDir = settings.snapshotsDir;
+  const token = uuidv4();
+  store.exclusive(() => {
+    const holder = livePruneHolder(store.getMeta(PRUNE_LOCK));
+    if (holder !== undefined) {
+      throw new UnavailableError(`a prune is already running on ${r.root} (process ${holder.pid} since ${new Date(holder.since).toISOString()}); wait for it to finish`);
+    }
+    store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: [] }));
+  });
+  try {
+    const report: PruneReport = { dryRun: o.dryRun, removed: [], kept: [], marked: [], reclaimed: { bytes: 0, inodes: 0 } };
+    const decide = () => {
+      const plan = planPrune(store.walk(ALL), new Set(snapshotMounts(snapshotsDir).keys()), store.pruneMarks(), o);
+      if (!o.dryRun) {
+        store.applyPrune(plan.remove.map((rec) => rec.id), plan.mark, plan.unmark, o.now());
+        // While this prune deletes them, cleanup() elsewhere must leave these dirs alone.
+        store.setMeta(PRUNE_LOCK, JSON.stringify({ pid: process.pid, start: selfTag().start, since: Date.now(), token, ids: plan.remove.map((rec) => rec.id) }));
+      }
+      return plan;
+    };
+    const plan = o.dryRun ? decide() : store.exclusive(decide);
+    await store.durable();
+    report.kept = plan.kept.map(({ rec, reason }) => ({ name: rec.key, kind: rec.kind, reason }));
+    const names = new Map(plan.kept.map(({ rec }) => [rec.id, rec.key]));
+    for (const rec of plan.remove) names.set(rec.id, rec.key);
+    report.marked = plan.mark.map((id) => names.get(id)!).filter((n) => n !== undefined);
+    // Measured just before deletion, so the figures are what the disk gives back.
+    const sizes = new Map<string, number>();
+    for (const rec of plan.remove) {
+      const dir = snapshotDir(settings, rec.id);
+      const usage = diskUsage(dir);
+      sizes.set(dir, usage.size);
+      report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes });
+      report.reclaimed.inodes += usage.inodes;
+    }
+    let done = 0;
+    let bytes = 0;
+    const progress = (dir: string) => {
+      bytes += sizes.get(dir)!;
+      o.onProgress?.({ done: ++done, total: plan.remove.length, bytes });
+    };
+    if (o.dryRun) for (const dir of sizes.keys()) progress(dir);
+    else await deleteTrees(snapshotsDir, [...sizes.keys()], 'prune:mid', progress);
+    report.reclaimed.bytes = bytes;
+    debug('prune %s: removed %d, kept %d, marked %d', r.root, report.removed.length, report.kept.length, report.marked.length);
+    return report;
+  } finally {
+    if (!r.closed()) {
+      store.exclusive(() => {
+        const held = store.getMeta(PRUNE_LOCK);
+        if (held !== undefined && (JSON.parse(held) as { token?: string }).token === token) store.deleteMeta(PRUNE_LOCK);
+      });
+    }
+  }
+}
