@@ -14,14 +14,20 @@
  * cleanup. `close()` removes the pool's dirs. The thread starts at the
  * first prepare, never keeps the process alive, and makes no more dirs after
  * its first error (prepare then stages its own, as it does while none is
- * ready).
+ * ready). The thread is staging-worker.ts.
+ *
+ * Owns the pool's dirs until they are taken, and the placing of a staged
+ * dir under its id (moveIntoPlace); never reads the metadata store (the
+ * caller holds its write lock while it takes a dir and places it).
  */
 import { renameSync, rmSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
 import { errnoOf } from '../kernel/libc.js';
 import { isAlive, selfTag } from '../kernel/liveness.js';
+import { startWorker } from '../kernel/threads.js';
+import { COUNTERS, MADE, type PoolData, STOP, TAKEN } from './staging-slots.js';
 
 const debug = createDebug('overlay-snapshotter:staging');
 
@@ -52,56 +58,9 @@ export function livePoolDirs(): (name: string) => boolean {
   };
 }
 
-// Shared counters: dirs made, dirs taken, stop requested. Dir n is `${base}-${n}`.
-const MADE = 0;
-const TAKEN = 1;
-const STOP = 2;
-
-/**
- * The helper thread: makes dirs while fewer than `size` are ready, sleeps on
- * the TAKEN counter otherwise; on stop, removes what was not taken. After
- * its first error it makes no more (prepare stages its own). Plain
- * JavaScript, evaluated, so that it runs the same from lib/ (tsx) and dist/.
- */
-const WORKER_SOURCE = `
-const { chmodSync, mkdirSync, rmdirSync } = require('node:fs');
-const { parentPort, workerData } = require('node:worker_threads');
-const { counters, base, size, umaskClean } = workerData;
-const s = new Int32Array(counters);
-const remove = (dir) => {
-  for (const p of [dir + '/work', dir + '/fs', dir]) {
-    try { rmdirSync(p); } catch {}
-  }
-};
-// After a failure the dirs already made stay on offer; nothing more is made.
-let broken = false;
-while (Atomics.load(s, ${STOP}) === 0) {
-  const made = Atomics.load(s, ${MADE});
-  const taken = Atomics.load(s, ${TAKEN});
-  if (broken || made - taken >= size) {
-    Atomics.wait(s, ${TAKEN}, taken);
-    continue;
-  }
-  const dir = base + '-' + made;
-  try {
-    mkdirSync(dir, 0o700);
-    mkdirSync(dir + '/fs', 0o755);
-    if (!umaskClean) chmodSync(dir + '/fs', 0o755);
-    mkdirSync(dir + '/work', 0o711);
-  } catch (err) {
-    remove(dir);
-    broken = true;
-    parentPort.postMessage(String(err && err.message));
-    continue;
-  }
-  Atomics.store(s, ${MADE}, made + 1);
-}
-for (let n = Atomics.load(s, ${TAKEN}); n < Atomics.load(s, ${MADE}); n++) remove(base + '-' + n);
-`;
-
 /** Empty active-snapshot staging dirs (`fs` 0755, `work` 0711), made ahead by a helper thread. */
 export class StagingPool {
-  private readonly counters = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
+  private readonly counters = new Int32Array(new SharedArrayBuffer(COUNTERS * Int32Array.BYTES_PER_ELEMENT));
   private base: string | undefined;
   private worker: Worker | null | undefined;
   private exited: Promise<void> | undefined;
@@ -131,11 +90,8 @@ export class StagingPool {
     const tag = selfTag();
     this.base = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
-      const worker = new Worker(WORKER_SOURCE, {
-        eval: true,
-        execArgv: [],
-        workerData: { counters: this.counters.buffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean },
-      });
+      const workerData: PoolData = { counters: this.counters.buffer as SharedArrayBuffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean };
+      const worker = startWorker(new URL('./staging-worker.js', import.meta.url), { workerData });
       worker.unref();
       worker.on('message', (message: string) => debug('staging pool makes no more dirs: %s', message));
       worker.on('error', (err) => debug('staging pool thread failed: %s', err.message));

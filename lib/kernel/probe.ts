@@ -9,6 +9,7 @@ import koffi from 'koffi';
 import type * as Koffi from 'koffi';
 import { v4 as uuidv4 } from 'uuid';
 import { libc } from './libc.js';
+import { lsetxattr } from './xattr.js';
 import { mountAll, unmountAll } from './mount/index.js';
 import { FSOPEN_CLOEXEC, close, fsconfigString, fsopen } from './mount/syscalls.js';
 
@@ -105,8 +106,6 @@ export function supportsDType(dir: string): boolean {
   }
 }
 
-let setxattrBinding: CFunction | undefined;
-
 /**
  * True when the filesystem of `dir` stores `user.*` extended attributes,
  * which overlay keeps its own attributes in under `userxattr`. tmpfs only
@@ -117,10 +116,11 @@ export function supportsUserXattrs(dir: string): boolean {
   const file = `${dir}/xattr-${uuidv4()}`;
   writeFileSync(file, '', { mode: 0o600 });
   try {
-    setxattrBinding ??= libc().func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
-    const ok = setxattrBinding(file, 'user.overlay-snapshotter.probe', Buffer.from('1'), 1, 0) === 0;
-    if (!ok) debug('user xattrs unsupported under %s (errno %d)', dir, koffi.errno());
-    return ok;
+    lsetxattr(file, 'user.overlay-snapshotter.probe', Buffer.from('1'));
+    return true;
+  } catch (err) {
+    debug('user xattrs unsupported under %s (%s)', dir, (err as Error).message);
+    return false;
   } finally {
     rmSync(file, { force: true });
   }

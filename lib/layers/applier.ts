@@ -33,12 +33,13 @@ import {
   writeSync,
 } from 'node:fs';
 import createDebug from 'debug';
+import { mknod, mkwhiteout, splitdev } from '../kernel/files.js';
+import { fsetxattr, lsetxattr, lxattrs } from '../kernel/xattr.js';
 import { InvalidArgumentError, q } from '../model/errors.js';
 import type { ApplyOptions, LayerTarget } from './apply.js';
 import { useWorker } from './hash.js';
 import { type EntryHeader, entryOwner, entryTimes, entryXattrs } from './pax.js';
 import { OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, abs, basename, cleanName, dirname, isWithin, joinRel, refuse } from './paths.js';
-import { fsetxattr, lsetxattr, lxattrs, mknod, mkwhiteout, splitdev } from './sys.js';
 import { UndoJournal } from './undo.js';
 import { type Node, UpperView, isWhiteoutStat, lstatOrNull } from './upper-view.js';
 import { DEFER_MAX, Writers } from './writer.js';

@@ -4,16 +4,17 @@
  * thread never keeps the process alive; if it fails or exits, whatever
  * waits on it is failed and the next use starts a new one.
  */
-import { Worker, type WorkerOptions } from 'node:worker_threads';
+import type { Worker, WorkerOptions } from 'node:worker_threads';
+import { startWorker } from '../kernel/threads.js';
 
 /**
- * Returns a getter for the shared thread running `source` (evaluated
- * JavaScript). `onMessage` gets each message; `onFail` gets the error when
- * the thread fails or exits, and must fail everything waiting on it.
+ * Returns a getter for the shared thread running the worker module at `url`
+ * (see kernel/threads.ts). `onMessage` gets each message; `onFail` gets the
+ * error when the thread fails or exits, and must fail everything waiting on it.
  */
 export function sharedWorker<M>(
   name: string,
-  source: string,
+  url: URL,
   onMessage: (message: M) => void,
   onFail: (err: unknown) => void,
   options: Omit<WorkerOptions, 'eval' | 'execArgv'> = {},
@@ -21,7 +22,7 @@ export function sharedWorker<M>(
   let worker: Worker | undefined;
   return () => {
     if (worker) return worker;
-    const w = new Worker(source, { ...options, eval: true, execArgv: [] });
+    const w = startWorker(url, options);
     w.on('message', onMessage);
     const fail = (err: unknown): void => {
       if (worker === w) worker = undefined;

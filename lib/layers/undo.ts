@@ -11,9 +11,10 @@
 import { chmodSync, lchownSync, lstatSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename as pathBasename, dirname as pathDirname } from 'node:path';
 import { v4 as uuidv4 } from 'uuid';
+import { lutimesNs } from '../kernel/files.js';
+import { lremovexattr, lsetxattr, lxattrs } from '../kernel/xattr.js';
 import { InvalidArgumentError, q } from '../model/errors.js';
 import { abs } from './paths.js';
-import { lremovexattr, lsetxattr, lutimesNs, lxattrs } from './sys.js';
 
 interface SavedDir {
   mode: number;

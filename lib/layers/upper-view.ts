@@ -9,7 +9,7 @@ import { type Stats, lstatSync } from 'node:fs';
 import { InvalidArgumentError, q } from '../model/errors.js';
 import type { LayerTarget } from './apply.js';
 import { abs, dirname, isWithin, joinRel } from './paths.js';
-import { lgetxattr } from './sys.js';
+import { lgetxattr } from '../kernel/xattr.js';
 
 /** What we know about a path of the upper that this apply has created or checked. */
 export interface Node {

@@ -14,9 +14,12 @@
  * replies with `receiveMessageOnPort`. The applier calls it before anything
  * that could see or touch a file still in flight (replacing or deleting an
  * entry this layer made, hard links, opaque dirs, setting dir times at the
- * end, undo).
+ * end, undo). The threads are writer-worker.ts.
+ *
+ * Owns the threads and their batches; makes only the files it is handed.
  */
-import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, type Worker, receiveMessageOnPort } from 'node:worker_threads';
+import { startWorker } from '../kernel/threads.js';
 
 /** One file to make: `body` is `len` bytes at `off` of the batch. */
 export interface FileOp {
@@ -33,50 +36,32 @@ export interface FileOp {
   mtime: number;
 }
 
-interface Failure {
+/** A writer thread's first failure in a batch: the system error's fields. */
+export interface WriteFailure {
   message: string;
-  code?: string;
-  errno?: number;
-  syscall?: string;
-  path?: string;
+  code?: string | undefined;
+  errno?: number | undefined;
+  syscall?: string | undefined;
+  path?: string | undefined;
 }
 
-// Plain CommonJS, evaluated in the worker: no loader, no TypeScript.
-const WORKER_SOURCE = `
-const { workerData } = require('node:worker_threads');
-const fs = require('node:fs');
-const { port, counter } = workerData;
-const FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
-port.on('message', (m) => {
-  let failure;
-  try {
-    const buf = Buffer.from(m.ab);
-    const n = m.paths.length;
-    const v = m.nums;
-    for (let i = 0; i < n; i++) {
-      const k = 8 * i;
-      const off = v[k], len = v[k + 1], mode = v[k + 2], uid = v[k + 3], gid = v[k + 4], chmod = v[k + 5];
-      let fd;
-      try {
-        fd = fs.openSync(m.paths[i], FLAGS, mode);
-        let done = 0;
-        while (done < len) done += fs.writeSync(fd, buf, off + done, len - done);
-        if (uid !== -1) fs.fchownSync(fd, uid, gid);
-        if (chmod !== -1) fs.fchmodSync(fd, chmod);
-        fs.futimesSync(fd, v[k + 6], v[k + 7]);
-      } finally {
-        if (fd !== undefined) fs.closeSync(fd);
-      }
-    }
-  } catch (e) {
-    failure = { message: e.message, code: e.code, errno: e.errno, syscall: e.syscall, path: e.path };
-  }
-  // The batch goes back for reuse: fresh memory would cost the main thread a page fault per 4 KiB.
-  port.postMessage({ id: m.id, failure, ab: m.ab }, [m.ab]);
-  Atomics.add(counter, 0, 1);
-  Atomics.notify(counter, 0);
-});
-`;
+/**
+ * A batch for a writer thread (writer-worker.ts): file bodies in `ab`, and
+ * per file its path and 8 numbers: offset, length, mode, uid, gid, chmod
+ * (-1: none), atime, mtime.
+ */
+export interface WriteRequest {
+  id: number;
+  ab: ArrayBuffer;
+  paths: string[];
+  nums: Float64Array;
+}
+/** A batch done: the first failure if any, and the buffer back for reuse. */
+export interface WriteReply {
+  id: number;
+  failure: WriteFailure | undefined;
+  ab: ArrayBuffer;
+}
 
 interface Slot {
   worker: Worker;
@@ -87,7 +72,7 @@ interface Slot {
 
 let slots: Slot[] | undefined;
 /** Failures reported for each apply (by id), read from the ports by whichever apply drains them. */
-const failures = new Map<number, Failure>();
+const failures = new Map<number, WriteFailure>();
 let nextId = 1;
 /** Batches back from the workers, for reuse. */
 const free: ArrayBuffer[] = [];
@@ -111,7 +96,7 @@ function startSlots(): Slot[] {
   for (let i = 0; i < WORKERS; i++) {
     const { port1, port2 } = new MessageChannel();
     const counter = new Int32Array(new SharedArrayBuffer(4));
-    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { port: port2, counter }, transferList: [port2] });
+    const worker = startWorker(new URL('./writer-worker.js', import.meta.url), { workerData: { port: port2, counter }, transferList: [port2] });
     worker.unref();
     port1.unref();
     worker.on('error', () => {
@@ -124,7 +109,7 @@ function startSlots(): Slot[] {
 
 function drainReplies(slot: Slot): void {
   for (;;) {
-    const r = receiveMessageOnPort(slot.port) as { message: { id: number; failure?: Failure; ab: ArrayBuffer } } | undefined;
+    const r = receiveMessageOnPort(slot.port) as { message: WriteReply } | undefined;
     if (!r) return;
     if (free.length < WORKERS * (MAX_AHEAD + 1)) free.push(r.message.ab);
     if (r.message.failure && !failures.has(r.message.id)) failures.set(r.message.id, r.message.failure);
@@ -144,7 +129,7 @@ function waitFor(slot: Slot, ahead: number): void {
   }
 }
 
-function toError(f: Failure): NodeJS.ErrnoException {
+function toError(f: WriteFailure): NodeJS.ErrnoException {
   const err: NodeJS.ErrnoException = new Error(f.message);
   if (f.code !== undefined) err.code = f.code;
   if (f.errno !== undefined) err.errno = f.errno;
@@ -214,7 +199,7 @@ export class Writers {
       nums[k + 7] = op.mtime;
     }
     slot.sent++;
-    slot.port.postMessage({ id: this.id, ab: this.ab, paths, nums }, [this.ab]);
+    slot.port.postMessage({ id: this.id, ab: this.ab, paths, nums } satisfies WriteRequest, [this.ab]);
     this.ab = free.pop() ?? new ArrayBuffer(BATCH);
     this.buf = Buffer.from(this.ab);
     this.used = 0;

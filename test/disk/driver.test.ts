@@ -12,7 +12,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { Snapshotter, isFailedPrecondition, isUnavailable, type SnapshotterOptions } from '../../lib/index.js';
-import { mknod } from '../../lib/layers/sys.js';
+import { mknod } from '../../lib/kernel/files.js';
 import { removeTree, tempDir, withMounted } from '../helpers/fixtures.js';
 import { mountTestOptions } from '../helpers/require-mount.js';
 

@@ -26,7 +26,8 @@ import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { type EntryHeader, captureRawXattrs, entryXattrs } from '../../lib/layers/pax.js';
-import { lsetxattr, lxattrs, mknod } from '../../lib/layers/sys.js';
+import { mknod } from '../../lib/kernel/files.js';
+import { lsetxattr, lxattrs } from '../../lib/kernel/xattr.js';
 
 /**
  * Runs `fn` with OVERLAY_SNAPSHOTTER_HASH_WORKER set to `mode` (`'1'`: the

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { Snapshotter, mountAll, unmountAll, type Mount } from '../../lib/index.js';
-import { llistxattr } from '../../lib/layers/sys.js';
+import { llistxattr } from '../../lib/kernel/xattr.js';
 
 const base = process.argv[2];
 const onTmpfs = process.argv[3] === 'tmpfs';

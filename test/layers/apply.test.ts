@@ -9,7 +9,7 @@ import { deflateSync, gzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { detectCompression } from '../../lib/layers/compression.js';
-import { lgetxattr } from '../../lib/layers/sys.js';
+import { lgetxattr } from '../../lib/kernel/xattr.js';
 import { buildTree, compareFingerprints, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
