@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { sharedWorker } from './shared-worker.js';
+import { sharedWorker } from './shared-thread.js';
 
 /** Streams up to this size are hashed on the calling thread. */
 const INLINE_LIMIT = 8 * 1024 * 1024;

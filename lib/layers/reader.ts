@@ -20,7 +20,7 @@
 import { createHash } from 'node:crypto';
 import { type FillFailure, type Tree, closeTree, fill, openTree } from './fill.js';
 import { useWorker } from './hash.js';
-import { sharedWorker } from './shared-worker.js';
+import { sharedWorker } from './shared-thread.js';
 
 export type { FillFailure } from './fill.js';
 

@@ -23,7 +23,7 @@
  */
 import { FailedPreconditionError, q } from '../model/errors.js';
 import { useWorker } from './hash.js';
-import { sharedWorker } from './shared-worker.js';
+import { sharedWorker } from './shared-thread.js';
 import { AHEAD, CHUNK, DATA, type DataPool, POOL, type TreeWalk, type WalkChunk, type WalkFailure, createWalk } from './walk-tree.js';
 
 export { INLINE_MAX, KIND, NUMS } from './walk-tree.js';
