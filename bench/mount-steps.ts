@@ -2,7 +2,7 @@
  * The mount half of W8 on its own: `mountAll` + `unmountAll` of a
  * read-write overlay on a chain of lower layers, with a fresh, empty upper
  * and work dir every cycle (as `prepare` makes them), through each overlay
- * strategy. No snapshotter, so the figures are those of lib/mount alone.
+ * strategy. No snapshotter, so the figures are those of lib/kernel/mount alone.
  *
  *   npx tsx bench/mount-steps.ts [--cycles N] [--layers N] [--only mount-api|legacy|auto|bare]
  *

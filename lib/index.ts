@@ -1,3 +1,9 @@
+/**
+ * The public API of overlay-snapshotter: re-exports only, no logic. What is
+ * exported here (and from layers/index.ts) is the package's contract
+ * (docs/api.md); the command line and the server use the library through
+ * this module alone. See docs/architecture.md for the layers behind it.
+ */
 export { Snapshotter, UPPERDIR_LABEL } from './snapshotter.js';
 export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js';
 export type { SnapshotterOptions } from './model/options.js';

@@ -3,6 +3,9 @@
  * containerd's GC labels, with Docker-style prune filters and rkt-style
  * two-phase marking. This module plans; the Snapshotter carries the plan
  * out (records in one transaction, directories afterwards).
+ *
+ * Pure over records (model/): touches no file and no store. The facade's
+ * maintenance.ts runs the plan.
  */
 import { InvalidArgumentError, q } from './model/errors.js';
 import { type Filter, parseFilters } from './model/filters.js';

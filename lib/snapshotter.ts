@@ -87,7 +87,7 @@ export class Snapshotter {
   private readonly snapshotsDir: string;
   /** Whether mkdir's mode survives the umask, so that `fs` needs no explicit chmod (hot path). */
   private readonly umaskClean: boolean;
-  /** Staging dirs for actives, made ahead (lib/staging.ts). */
+  /** Staging dirs for actives, made ahead (lib/disk/staging.ts). */
   private readonly pool: StagingPool;
   private closed = false;
   /** What the whole-root calls (maintenance.ts) need of this snapshotter. */
@@ -157,7 +157,7 @@ export class Snapshotter {
     const store = Store.open(`${abs}/metadata.db`, resolved.busyTimeout);
     try {
       if (store.fresh) refuseSilentReset(snapshotsDir, store.file);
-      // The driver belongs to the data (lib/driver.ts): a mismatch is refused before anything changes.
+      // The driver belongs to the data (lib/disk/driver.ts): a mismatch is refused before anything changes.
       const recorded = recordedDriver(store);
       const rows = recorded !== undefined || store.fresh ? [] : store.allRows();
       const known = recorded ?? inferDriver(snapshotsDir, rows);
@@ -333,7 +333,7 @@ export class Snapshotter {
   private async create(kind: 'active' | 'view', key: string, parent: string | undefined, opts: SnapshotOptions | undefined): Promise<Mount[]> {
     // Hot path: one transaction holding a rename (plus a chown where the
     // parent asks for one); the staging dir comes ready from the pool
-    // (lib/staging.ts), else three mkdirs inside the transaction. The pool's
+    // (lib/disk/staging.ts), else three mkdirs inside the transaction. The pool's
     // thread makes the next dir while this one waits for the WAL sync.
     this.ensureOpen();
     checkKey(key, 'key');
@@ -356,7 +356,7 @@ export class Snapshotter {
       mkdirSync(dir, 0o700);
       const fs = `${dir}/fs`;
       if (this.settings.driver === 'native' && kind === 'active' && chain.length > 0) {
-        // Native driver: the parent's whole tree, copied under the write lock (lib/native.ts).
+        // Native driver: the parent's whole tree, copied under the write lock (lib/disk/native.ts).
         copyTree(fsDir(this.settings, chain[0]!), fs);
       } else {
         mkdirSync(fs, 0o755);
@@ -576,7 +576,7 @@ export class Snapshotter {
 
   /**
    * Waits for the last commit's sync, removes the staging dirs made ahead
-   * (lib/staging.ts) and closes the metadata store. Every later call fails
+   * (lib/disk/staging.ts) and closes the metadata store. Every later call fails
    * with UnavailableError; closing twice is fine.
    */
   async close(): Promise<void> {

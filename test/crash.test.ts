@@ -1,6 +1,6 @@
 /**
  * Crash safety: a child process is killed with SIGKILL at each fault point
- * of lib/faults.ts while a second snapshotter (another live process) holds
+ * of lib/kernel/faults.ts while a second snapshotter (another live process) holds
  * the root open. The test then reopens the root and checks, before any
  * cleanup(), that open alone recovered what it promises to (staging dirs
  * of dead processes, dirs of creations whose ids were never recorded,

@@ -31,7 +31,7 @@ function generate(rand: () => number): string {
 
 /**
  * A second, deliberately plain evaluator of parsed selectors, written from
- * the rules in lib/filters.ts's documentation rather than from its code, so
+ * the rules in lib/model/filters.ts's documentation rather than from its code, so
  * that a matching bug there cannot also be the expectation here.
  */
 function naiveMatch(clauses: readonly (readonly Selector[])[], info: Info): boolean {

@@ -12,6 +12,10 @@
  * what their data shows (see {@link inferDriver}); where it shows nothing,
  * both drivers read the data alike, and the driver given (or chosen as for
  * a new store) is recorded.
+ *
+ * Reads snapshot dirs only, never writes them, and reaches the store only
+ * through {@link DriverStore}, which the facade passes: disk/ does not
+ * import store/.
  */
 import { existsSync, lstatSync, readdirSync, type BigIntStats } from 'node:fs';
 import createDebug from 'debug';

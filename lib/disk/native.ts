@@ -14,6 +14,9 @@
  * shares extents instead of copying data on filesystems that can (btrfs,
  * xfs with reflink=1, bcachefs, overlayfs over one of those), and falls back
  * to a copy elsewhere. cp is one process per new active, not a mount.
+ *
+ * Owns the copy of one tree; deletes nothing (what a failed copy leaves
+ * goes with the staging dir, which the caller removes).
  */
 import { execFileSync } from 'node:child_process';
 import createDebug from 'debug';

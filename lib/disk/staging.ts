@@ -8,7 +8,7 @@
  * mkdir would cost more than the mkdir).
  *
  * A pool dir is named `new-<pid>.<start>-<uuid>-<n>` after the process that
- * made it (see lib/liveness.ts): while that process runs, the dir is a
+ * made it (see kernel/liveness.ts): while that process runs, the dir is a
  * staging dir in use and cleanup leaves it alone; once the process is gone
  * it is a leftover like any other `new-*` dir, removed by the next open or
  * cleanup. `close()` removes the pool's dirs. The thread starts at the

@@ -13,6 +13,10 @@
  *
  * A bucket is claimed trash like any `rm-*` entry: if the process dies
  * half-way, the next open or cleanup deletes what is left.
+ *
+ * Owns the `rm-*` entries it claims; deletes nothing it did not claim, never
+ * crosses into a mount (rm --one-file-system), and never reads the store
+ * (the caller holds its write lock while claiming).
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmdirSync } from 'node:fs';

@@ -10,6 +10,9 @@
  * namespace) and of the root's current filesystem (one statfs) are read at
  * every open: they are cheap, and they can differ between two processes
  * sharing a root.
+ *
+ * Kernel facts only: the cache is the {@link CapabilityCache} interface that
+ * the facade fills with the store's meta table; kernel/ never imports the store.
  */
 import { release } from 'node:os';
 import createDebug from 'debug';

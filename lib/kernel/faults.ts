@@ -17,6 +17,8 @@
  * - `remove:mid-delete`      `work` deleted, `fs` and the dir still there
  * - `cleanup:mid`            first orphan deleted, the others claimed but not deleted
  * - `prune:mid`              records removed, first directory deleted, the others not
+ *
+ * Owns nothing; read by disk/ and the facade at the points above.
  */
 export const FAULT_ENV = 'OVERLAY_SNAPSHOTTER_FAULT';
 

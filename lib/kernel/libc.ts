@@ -3,6 +3,10 @@
  * for (mount, statx, syncfs, xattrs, ...). Each module declares the
  * functions it needs on this one handle, and reports failures with
  * {@link syscallError}, shaped like the errors of `node:fs`.
+ *
+ * Owns the one library handle per thread and the one errno mapping of the
+ * library. No policy: it knows no paths, stores or layers, which is why it
+ * is the only module of kernel/ that store/ may import.
  */
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';

@@ -4,6 +4,8 @@
  * boot) names one process for the life of the machine. The prune lock and
  * the staging pool's dirs are tagged with both, so that what a crashed
  * process left behind is recognised as such.
+ *
+ * Reads /proc only; owns no state but this process's own tag.
  */
 import { readFileSync } from 'node:fs';
 

@@ -1,6 +1,10 @@
 /**
  * Kernel and filesystem checks made when a root is opened (semantics.md,
  * "Kernel and filesystem checks at open").
+ *
+ * Each probe touches only a scratch file, dir or mount it makes under the
+ * root and removes; it never reads the store (capabilities.ts caches the
+ * results through an interface).
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { constants as osConstants, release } from 'node:os';

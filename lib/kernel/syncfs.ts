@@ -5,6 +5,8 @@
  * costs one journal commit each on ext4 and grows with the layer (measured
  * on this project's machines: equal for a one-file layer, far slower for
  * thousands of files). Since Linux 5.8 syncfs also reports writeback errors.
+ *
+ * Owns no state; flushes what it is given, reads no store.
  */
 import { closeSync, openSync } from 'node:fs';
 import { libc, syscallError } from './libc.js';

@@ -11,6 +11,9 @@
  * the other entries), no user/group names, integer-second mtimes (clamped
  * to `sourceDateEpoch` when given), xattrs sorted by name. The same tree
  * gives the same bytes and so the same digest.
+ *
+ * Reads the upper (through walk.ts and reader.ts) and writes only to the
+ * output stream; never mounts, never reads the metadata store.
  */
 import { createHash } from 'node:crypto';
 import { WriteStream, lstatSync } from 'node:fs';

@@ -5,6 +5,8 @@
  * elsewhere (containerd strips a leading `/` and resolves `..` lexically; we
  * refuse both, as the issue asks, because a layer that needs either is not
  * one a well-behaved builder makes).
+ *
+ * Pure: names in, names or refusals out; touches no file.
  */
 import { InvalidArgumentError, q } from '../model/errors.js';
 

@@ -11,6 +11,8 @@
  *   header next to tar-stream's decoded ones ({@link captureRawXattrs});
  * - on pack, it builds the PAX body with byte values ({@link paxBody}) that
  *   we hand to tar-stream as an entry of type `pax-header`.
+ *
+ * Pure: headers in, headers out; touches no file.
  */
 import type { Extract, Header } from 'tar-stream';
 

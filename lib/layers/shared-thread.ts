@@ -3,6 +3,9 @@
  * trees), started at first use and shared by every stream of that kind. The
  * thread never keeps the process alive; if it fails or exits, whatever
  * waits on it is failed and the next use starts a new one.
+ *
+ * Owns the thread handles; starts them through kernel/threads.ts and knows
+ * nothing of what they do.
  */
 import type { Worker, WorkerOptions } from 'node:worker_threads';
 import { startWorker } from '../kernel/threads.js';

@@ -7,6 +7,8 @@
  * one process (a runtime and a plugin each bundling their own): the classes
  * are branded with registry symbols and `Symbol.hasInstance` checks the
  * brand, not the prototype chain.
+ *
+ * Pure; imports nothing. Every layer throws these.
  */
 
 /** Stable error codes; they are API and listed in docs/errors.md. */

@@ -2,6 +2,8 @@
  * containerd's ID-mapping labels: `containerd.io/snapshot/uidmapping` and
  * `.../gidmapping`, each `ctr:host:size[,ctr:host:size...]`. A new
  * snapshot's `fs` dir is owned by the host ids that container root maps to.
+ *
+ * Pure: parses labels; the chown itself is the facade's.
  */
 import { InvalidArgumentError, q } from './errors.js';
 

@@ -2,6 +2,8 @@
  * Snapshotter options: the public interface, its defaults in one place, and
  * a flat list of guards that turn a caller's mistake into an
  * InvalidArgumentError saying what was expected and what came.
+ *
+ * Pure: it checks and resolves, and opens nothing.
  */
 import { InvalidArgumentError } from './errors.js';
 import type { Driver } from './types.js';

@@ -2,6 +2,9 @@
  * Mount specs, as pure functions of a snapshot's id, its parent chain and
  * the resolved overlay settings (semantics.md, "Mount specs"). No I/O here,
  * so the table can be tested without root.
+ *
+ * Knows the layout `<root>/snapshots/<id>/{fs,work}` and nothing of the
+ * store or the kernel.
  */
 import type { Kind, Mount } from './types.js';
 
@@ -11,7 +14,7 @@ export interface SpecSettings {
   readonly snapshotsDir: string;
   /** Configured mount options, user namespace and index handling already folded in, in spec order. */
   readonly overlayOptions: readonly string[];
-  /** `'native'`: every `fs` is a full tree and every mount a bind (lib/native.ts). Default `'overlay'`. */
+  /** `'native'`: every `fs` is a full tree and every mount a bind (lib/disk/native.ts). Default `'overlay'`. */
   readonly driver?: 'overlay' | 'native';
 }
 

@@ -1,4 +1,7 @@
-/** Public data shapes shared by every module (see shared/spec/api.md). */
+/**
+ * Public data shapes shared by every module (see shared/spec/api.md).
+ * Types only: no code, no imports.
+ */
 
 /** What a snapshot is: a writable `active`, a read-only `view`, or an immutable `committed` layer. */
 export type Kind = 'view' | 'active' | 'committed';
@@ -6,7 +9,7 @@ export type Kind = 'view' | 'active' | 'committed';
 /**
  * How a store keeps its snapshots: `overlay` diffs stacked at mount time,
  * or `native` full trees bound as they are. A property of the data, recorded
- * when the store is created (lib/driver.ts).
+ * when the store is created (lib/disk/driver.ts).
  */
 export type Driver = 'overlay' | 'native';
 

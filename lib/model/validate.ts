@@ -2,6 +2,8 @@
  * Guards for caller input: keys, names and labels. Keys are user strings,
  * never paths; these checks only keep out what cannot round-trip through
  * SQLite and C APIs (NUL, lone surrogates) and what containerd refuses.
+ *
+ * Pure: checks values, reads and writes nothing.
  */
 import { InvalidArgumentError, q } from './errors.js';
 

@@ -1,5 +1,5 @@
 /**
- * A store keeps the driver it was created with (lib/driver.ts): a reopen
+ * A store keeps the driver it was created with (lib/disk/driver.ts): a reopen
  * with the other one is refused before anything changes, stores made before
  * drivers were recorded get theirs from their data, and processes opening a
  * new root at once agree on one.

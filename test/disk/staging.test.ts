@@ -1,5 +1,5 @@
 /**
- * The staging pool (lib/staging.ts): ready `new-<pid>.<start>-<uuid>-<n>` dirs
+ * The staging pool (lib/disk/staging.ts): ready `new-<pid>.<start>-<uuid>-<n>` dirs
  * that a live process owns are never taken for leftovers; those of a dead
  * process are.
  */

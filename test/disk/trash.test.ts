@@ -1,5 +1,5 @@
 /**
- * Bulk deletion (lib/trash.ts): many trees are spread over `rm-*` buckets
+ * Bulk deletion (lib/disk/trash.ts): many trees are spread over `rm-*` buckets
  * and deleted by parallel `rm -rf --one-file-system`, which never crosses
  * a mount inside a tree.
  */

@@ -16,7 +16,7 @@ export function isMounted(path: string): boolean {
   return mountPoints().includes(path);
 }
 
-/** Whether `name` is a staging dir of this process's pool (lib/staging.ts), kept ready while a snapshotter is open. */
+/** Whether `name` is a staging dir of this process's pool (lib/disk/staging.ts), kept ready while a snapshotter is open. */
 export function isOwnPoolDir(name: string): boolean {
   return name.startsWith(`new-${process.pid}.`);
 }

@@ -1,6 +1,6 @@
 /**
- * Kernel and filesystem probes (lib/probe.ts) and the capabilities object
- * built from them (lib/capabilities.ts): what each field says on this
+ * Kernel and filesystem probes (lib/kernel/probe.ts) and the capabilities object
+ * built from them (lib/kernel/capabilities.ts): what each field says on this
  * machine, that the probes leave nothing behind, and that they run once per
  * root and kernel release.
  */

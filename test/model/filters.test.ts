@@ -1,6 +1,6 @@
 /**
  * Walk filters: containerd's filter syntax (scanner, parser, quoting) and the
- * snapshot adaptor semantics, quirks included. See lib/filters.ts.
+ * snapshot adaptor semantics, quirks included. See lib/model/filters.ts.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';

@@ -6,7 +6,10 @@
  * bind mount's source is inside it, when an overlay in the mount table
  * names it as a lowerdir, upperdir or workdir, or when a live mount record
  * of the store names it (an overlay that `mountAll` made with layers named
- * in a form the mount table does not show: lib/mount/records.ts).
+ * in a form the mount table does not show: records.ts).
+ *
+ * Reads the mount table and the mount records of the store's root, never
+ * the metadata store, and unmounts nothing.
  */
 import { realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';

@@ -80,7 +80,7 @@ interface Planned {
  * path (a chain whose options exceed a page, or paths over 255 bytes) is
  * first recorded in its store's `mount-records/` folder, because the mount
  * table will not show which snapshots it uses; {@link unmountAll} deletes
- * the record (lib/mount/records.ts, docs/reliability.md).
+ * the record (records.ts, docs/reliability.md).
  *
  * @throws InvalidArgumentError before anything is mounted, for a malformed
  *   spec or option, or an overlay chain deeper than the kernel's limit.
@@ -158,7 +158,7 @@ function planMount(spec: Mount, index: number, target: string): Planned {
 /**
  * Mounts one spec; returns how many mounts it stacked on the target (0 for
  * a remount or move). An overlay whose layers the mount table will not
- * show by their real paths is recorded first (lib/mount/records.ts), and
+ * show by their real paths is recorded first (records.ts), and
  * its records are added to `records`.
  */
 async function mountOne(plan: Planned, target: string, overlayChoice: OverlayChoice | undefined, records: WrittenRecord[]): Promise<number> {

@@ -1,6 +1,8 @@
 /**
  * fstab words -> mount(2) flags and filesystem data, as mount(8) and
  * containerd's mount_linux.go read them.
+ *
+ * Pure: words in, flags out; mounts nothing.
  */
 import { InvalidArgumentError, q } from '../../model/errors.js';
 

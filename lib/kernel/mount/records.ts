@@ -58,7 +58,7 @@ export interface MountRecord {
   target: string;
   /** Every directory the mount uses (lower layers, upper and work dirs), as the spec named them. */
   paths: string[];
-  /** The mounting process: pid and start time (lib/liveness.ts). */
+  /** The mounting process: pid and start time (kernel/liveness.ts). */
   pid: number;
   start?: string | undefined;
   /** The mount namespace it mounted in. */

@@ -9,6 +9,8 @@
  *
  * The bindings are made on first use, so importing this module (for
  * `parseMountOptions`, say) costs nothing.
+ *
+ * Owns the bindings; no policy, no knowledge of snapshots or stores.
  */
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import koffi from 'koffi';

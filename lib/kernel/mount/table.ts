@@ -1,7 +1,7 @@
 /**
  * Reading the mount table (/proc/self/mountinfo) cheaply and decoding it.
  * Owns nothing but that: which mounts belong to snapshots is decided in
- * lib/mountinfo.ts, what mountAll recorded in lib/mount/records.ts.
+ * in-use.ts, what mountAll recorded in records.ts.
  */
 import { closeSync, openSync, readFileSync, readlinkSync } from 'node:fs';
 import { libc } from '../libc.js';

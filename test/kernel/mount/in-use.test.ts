@@ -1,4 +1,4 @@
-/** lib/mountinfo.ts: which snapshot dirs are in use, from a mount table read again only after it changed. */
+/** lib/kernel/mount/in-use.ts: which snapshot dirs are in use, from a mount table read again only after it changed. */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';

@@ -3,7 +3,7 @@
  * layers in: the mount API names paths over 255 bytes by descriptor, and
  * mount(2) with a chain that does not fit in a page names them relative to
  * a directory, or by descriptor. The mount table then does not show the
- * snapshots' paths, and the mount records (lib/mount/records.ts) must
+ * snapshots' paths, and the mount records (lib/kernel/mount/records.ts) must
  * protect them, in this process, in another one, and after the mounting
  * process is gone.
  */
