@@ -90,6 +90,8 @@ export interface ExportImageOptions {
   config?: RunConfig;
   /** One history entry per new layer, bottom first (`created_by`, `comment`, `author`; `created` defaults to `sourceDateEpoch`). */
   history?: HistoryEntry[];
+  /** The history entry of every new layer when `history` is not given. Default `{ created_by: 'overlay-snapshotter image export' }`. */
+  layerHistory?: HistoryEntry;
   /** Author of the config. */
   author?: string;
   /** The platform to declare; default the base's, else the running one. */
@@ -137,6 +139,7 @@ const KNOWN = [
   'base',
   'config',
   'history',
+  'layerHistory',
   'author',
   'platform',
   'annotations',
@@ -154,6 +157,7 @@ interface Resolved {
   base: string | undefined;
   config: RunConfig | undefined;
   history: HistoryEntry[] | undefined;
+  layerHistory: HistoryEntry | undefined;
   author: string | undefined;
   platform: Platform | undefined;
   annotations: Record<string, string> | undefined;
@@ -195,6 +199,7 @@ function resolveExport(sn: ImageSnapshotter, options: ExportImageOptions | undef
   }
   if (o.config !== undefined && !isRecord(o.config)) throw new InvalidArgumentError('Expected `config` to be an object (Env, Cmd, Entrypoint, ...)');
   if (o.history !== undefined && (!Array.isArray(o.history) || o.history.some((h) => !isRecord(h)))) throw new InvalidArgumentError('Expected `history` to be an array of objects, one per new layer');
+  if (o.layerHistory !== undefined && !isRecord(o.layerHistory)) throw new InvalidArgumentError('Expected `layerHistory` to be an object like { created_by: "..." }');
   if (o.annotations !== undefined && (!isRecord(o.annotations) || Object.values(o.annotations).some((v) => typeof v !== 'string'))) {
     throw new InvalidArgumentError('Expected `annotations` to map strings to strings');
   }
@@ -215,6 +220,7 @@ function resolveExport(sn: ImageSnapshotter, options: ExportImageOptions | undef
     base: str('base'),
     config: o.config as RunConfig | undefined,
     history: o.history as HistoryEntry[] | undefined,
+    layerHistory: o.layerHistory as HistoryEntry | undefined,
     author: str('author'),
     platform,
     annotations: o.annotations as Record<string, string> | undefined,
@@ -268,24 +274,21 @@ function committedTarget(mounts: readonly Mount[], name: string, hasParent: bool
 }
 
 /** Counts and hashes what passes (the compressed digest of a zstd layer). */
-function tap(onBytes: (n: number) => void): Transform & { digest(): string; size: number } {
-  const hash = createHash('sha256');
-  let size = 0;
-  const t = new Transform({
-    highWaterMark: 1 << 20,
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      onBytes(size);
-      cb(null, chunk);
-    },
-  });
-  return Object.assign(t, {
-    digest: () => `sha256:${hash.digest('hex')}`,
-    get size() {
-      return size;
-    },
-  });
+class Tap extends Transform {
+  private readonly hash = createHash('sha256');
+  size = 0;
+  constructor(private readonly onBytes: (n: number) => void) {
+    super({ highWaterMark: 1 << 20 });
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    this.onBytes(this.size);
+    cb(null, chunk);
+  }
+  digest(): string {
+    return `sha256:${this.hash.digest('hex')}`;
+  }
 }
 
 interface Written {
@@ -324,7 +327,7 @@ async function diffInto(
   if (o.compression === 'zstd') {
     await zstdReady();
     const z = zstdCompressor(o.zstdLevel);
-    const t = tap(onBytes);
+    const t = new Tap(onBytes);
     const flowing = pipeline(z, t, file);
     flowing.catch(() => {});
     let r;
@@ -340,7 +343,7 @@ async function diffInto(
     layout.commit(tmp, digest);
     return { diffId: r.digest, digest, size: t.size, mediaType: layerMediaType('zstd') };
   }
-  const t = tap(onBytes);
+  const t = new Tap(onBytes);
   const flowing = pipeline(t, file);
   flowing.catch(() => {});
   let r;
@@ -364,7 +367,7 @@ async function decompressInto(store: ImageStore, rec: LayerRecord, layout: Layou
     return { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: MEDIA.ociLayer };
   }
   const tmp = layout.temp();
-  const t = tap(onBytes);
+  const t = new Tap(onBytes);
   const { stream } = await decompress(createReadStream(store.blobPath(rec.blob.digest), { highWaterMark: 1 << 20 }));
   await pipeline(stream, t, createWriteStream(tmp, { mode: 0o644 }));
   const digest = t.digest();
@@ -423,6 +426,15 @@ export async function exportImage(sn: ImageSnapshotter, key: string, target: str
   const baseConfigBytes = baseManifest ? store!.readBlob(baseManifest.config.digest, MAX_CONFIG_BYTES) : undefined;
   const baseConfig = baseConfigBytes ? parseConfig(baseConfigBytes, `stored config ${baseManifest!.config.digest}`) : undefined;
   const baseLayers = baseImage ? chain.findIndex((i) => i.name === baseImage.chainId) + 1 : 0;
+  // The base's own blobs for its layers (the store's records may name another blob of the same layer).
+  if (baseManifest && baseConfig && baseConfig.rootfs.diff_ids.length === baseManifest.layers.length && baseManifest.layers.length === baseLayers) {
+    for (let i = 0; i < baseLayers; i++) {
+      const blob = baseManifest.layers[i]!;
+      if (baseConfig.rootfs.diff_ids[i] === reused[i]!.diffId && store!.hasBlob(blob.digest, blob.size)) {
+        reused[i] = { ...reused[i]!, blob: { mediaType: blob.mediaType, digest: blob.digest, size: blob.size } };
+      }
+    }
+  }
 
   const fresh = chain.length - reused.length;
   if (o.history !== undefined && o.history.length !== fresh) {
@@ -478,7 +490,7 @@ export async function exportImage(sn: ImageSnapshotter, key: string, target: str
       const created = o.sourceDateEpoch !== undefined ? rfc3339(o.sourceDateEpoch) : undefined;
       const history = historyFor(baseConfig, reused.length, baseLayers === reused.length);
       for (let i = 0; i < fresh; i++) {
-        const given = o.history?.[i] ?? { created_by: 'overlay-snapshotter image export' };
+        const given = o.history?.[i] ?? o.layerHistory ?? { created_by: 'overlay-snapshotter image export' };
         const entry: HistoryEntry = {};
         const when = given.created ?? created;
         if (when !== undefined) entry.created = when;

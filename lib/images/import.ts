@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream';
 import createDebug from 'debug';
 import { InvalidArgumentError, type Info, type Mount, type SnapshotOptions } from '../index.js';
-import { type ApplyOptions, type LayerSnapshotter, type LayerSource, OWNER_LABEL, chainIds, importLayers, ownerLabels } from '../layers/index.js';
+import { type ApplyOptions, type LayerSnapshotter, type LayerSource, OWNER_LABEL, chainIds, detectCompression, importLayers, ownerLabels } from '../layers/index.js';
 import { type Compression, type ImageConfig, MEDIA, type Platform, canonicalJson, layerMediaType } from './media.js';
 import { formatPlatform, parsePlatform, runningPlatform } from './platform.js';
 import { type SelectedImage, type SourceLayer, selectImage } from './select.js';
@@ -257,6 +257,9 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
         lease.add(digest);
       } else if (layer.desc && store.hasBlob(layer.desc.digest, layer.desc.size)) {
         verified = { size: layer.size, compression: layer.compression! };
+      } else if (!layer.desc && detectCompression(src.head(layer.path, 6)) === 'none' && store.hasBlob(layer.diffId, layer.size)) {
+        // A plain tar of a docker archive: its digest is its diffID, whose blob the store has.
+        verified = { size: layer.size, compression: 'none' };
       } else {
         verified = await storeOnly(image, event.index, open, store);
         lease.add(blobDigest(layer, verified));

@@ -40,6 +40,8 @@ export interface SourceReader {
   read(rel: string, max: number): Buffer;
   /** A stream of `rel`'s bytes. */
   open(rel: string): Readable;
+  /** The first `n` bytes of `rel` (fewer if it is shorter). */
+  head(rel: string, n: number): Buffer;
   close(): void;
 }
 
@@ -133,6 +135,15 @@ class DirectorySource implements SourceReader {
 
   open(rel: string): Readable {
     return this.locate(rel).open();
+  }
+
+  head(rel: string, n: number): Buffer {
+    const l = this.locate(rel);
+    try {
+      return readExactly(l.fd, 0, Math.min(n, l.size));
+    } finally {
+      closeSync(l.fd);
+    }
   }
 
   close(): void {}
@@ -267,6 +278,11 @@ class TarSource implements SourceReader {
     const e = this.locate(rel);
     if (e.size === 0) return createReadStream('/dev/null');
     return createReadStream('', { fd: this.fd, start: e.offset, end: e.offset + e.size - 1, autoClose: false, highWaterMark: 1 << 20 });
+  }
+
+  head(rel: string, n: number): Buffer {
+    const e = this.locate(rel);
+    return readExactly(this.fd, e.offset, Math.min(n, e.size));
   }
 
   close(): void {

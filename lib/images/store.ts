@@ -212,7 +212,18 @@ export class ImageStore {
     }
   }
 
+  /**
+   * Records a layer's blob, unless a record with its blob present is there
+   * already: the first import of a layer decides which blob an export
+   * reuses (the same layer may come gzip'd in one image and plain in
+   * another), so that later imports do not change what exports write.
+   */
   putLayer(rec: LayerRecord): void {
+    const had = this.layer(rec.chainId);
+    if (had !== undefined && this.hasBlob(had.blob.digest, had.blob.size)) {
+      if (had.size === undefined && rec.size !== undefined) writeAtomic(join(this.dir, 'layers', `${hexOf(rec.chainId)}.json`), canonicalJson({ ...had, size: rec.size }));
+      return;
+    }
     const out: LayerRecord = { chainId: rec.chainId, diffId: rec.diffId, blob: { mediaType: rec.blob.mediaType, digest: rec.blob.digest, size: rec.blob.size } };
     if (rec.size !== undefined) out.size = rec.size;
     writeAtomic(join(this.dir, 'layers', `${hexOf(rec.chainId)}.json`), canonicalJson(out));
