@@ -194,7 +194,9 @@ export class ImageStore {
     return bytes;
   }
 
+  /** The record of the layer with this chain ID; undefined for a name that is not a chain ID. */
   layer(chainId: string): LayerRecord | undefined {
+    if (!/^sha256:[0-9a-f]{64}$/.test(chainId)) return undefined;
     let bytes: Buffer;
     try {
       bytes = readFileSync(join(this.dir, 'layers', `${hexOf(chainId)}.json`));
