@@ -166,10 +166,10 @@ async function storeOnly(image: SelectedImage, index: number, open: (layer: Sour
     if (!layer.desc && got.compression === 'none' && got.digest !== layer.diffId) {
       throw new InvalidArgumentError(`layer ${index} (${layer.path}) hashes to ${got.digest}, its diff_id is ${layer.diffId}`);
     }
-    tee.commit(blobDigest(layer, got));
+    await tee.commit(blobDigest(layer, got));
     return got;
   } catch (err) {
-    tee.abort();
+    await tee.abort();
     throw err;
   }
 }
@@ -251,8 +251,9 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
         verified = await reading.verified;
         const digest = blobDigest(layer, verified);
         if (reading.tee) {
-          reading.tee.commit(digest);
+          const tee = reading.tee;
           reading.tee = undefined;
+          await tee.commit(digest);
         }
         lease.add(digest);
       } else if (layer.desc && store.hasBlob(layer.desc.digest, layer.desc.size)) {
@@ -315,7 +316,7 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
     debug('imported %s from %s: %s (%d layers, %d applied)', image.ref ?? manifestDigest, source, top, layers.length, layers.filter((l) => l.status === 'applied').length);
     return result;
   } finally {
-    for (const r of readings) r?.tee?.abort();
+    for (const r of readings) await r?.tee?.abort();
     src.close();
     lease.release();
     // The committed layers are complete: they stop being ours (see OWNER_LABEL) whatever happened.

@@ -86,8 +86,16 @@ export function verifier(opts: VerifyOptions): Transform & { result: Promise<Ver
         } else {
           hash?.update(chunk);
         }
-        opts.tee?.write(chunk);
         opts.onBytes?.(seen);
+        if (opts.tee) {
+          opts.tee.write(chunk);
+          // The store's copy is written on the thread pool; wait here when it falls far behind.
+          const waiting = opts.tee.drained();
+          if (waiting) {
+            waiting.then(() => cb(null, chunk), cb);
+            return;
+          }
+        }
         cb(null, chunk);
       } catch (err) {
         cb(err as Error);
