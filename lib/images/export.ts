@@ -100,6 +100,14 @@ export interface ExportImageOptions {
   annotations?: Record<string, string>;
   /** The image store to reuse blobs from. Default `<snapshotter root>/images`. */
   store?: string;
+  /**
+   * Reused blobs are hard-linked from the image store into the target when
+   * both are on one filesystem (an export over a big base then costs only
+   * its new layers); the files are shared, so nothing may change them in
+   * place (image tools never do: they write new files). `false`: copy them
+   * (a reflink where the filesystem can). Default `true`.
+   */
+  linkBlobs?: boolean;
   /** Called as layers are written. */
   onProgress?: (progress: ImageProgress) => void;
 }
@@ -144,6 +152,7 @@ const KNOWN = [
   'platform',
   'annotations',
   'store',
+  'linkBlobs',
   'onProgress',
 ];
 
@@ -162,6 +171,7 @@ interface Resolved {
   platform: Platform | undefined;
   annotations: Record<string, string> | undefined;
   store: string | undefined;
+  linkBlobs: boolean;
   onProgress: ((p: ImageProgress) => void) | undefined;
 }
 
@@ -204,6 +214,7 @@ function resolveExport(sn: ImageSnapshotter, options: ExportImageOptions | undef
     throw new InvalidArgumentError('Expected `annotations` to map strings to strings');
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new InvalidArgumentError('Expected `onProgress` to be a function');
+  if (o.linkBlobs !== undefined && typeof o.linkBlobs !== 'boolean') throw new InvalidArgumentError(`Expected \`linkBlobs\` to be a boolean, got ${JSON.stringify(o.linkBlobs)}`);
   let platform: Platform | undefined;
   if (typeof o.platform === 'string') platform = parsePlatform(o.platform);
   else if (isRecord(o.platform)) platform = parsePlatform(formatPlatform(o.platform as unknown as Platform));
@@ -225,6 +236,7 @@ function resolveExport(sn: ImageSnapshotter, options: ExportImageOptions | undef
     platform,
     annotations: o.annotations as Record<string, string> | undefined,
     store,
+    linkBlobs: o.linkBlobs !== false,
     onProgress: o.onProgress as ((p: ImageProgress) => void) | undefined,
   };
 }
@@ -360,10 +372,10 @@ async function diffInto(
 }
 
 /** Writes a stored blob uncompressed (docker archives), checking it against its diffID on the way. */
-async function decompressInto(store: ImageStore, rec: LayerRecord, layout: LayoutWriter, onBytes: (n: number) => void): Promise<Written> {
+async function decompressInto(store: ImageStore, rec: LayerRecord, layout: LayoutWriter, link: boolean, onBytes: (n: number) => void): Promise<Written> {
   const compression = layerCompression({ mediaType: rec.blob.mediaType, digest: rec.blob.digest, size: rec.blob.size }, `stored layer ${rec.chainId}`);
   if (compression === 'none') {
-    layout.copyIn(store.blobPath(rec.blob.digest), rec.blob.digest, rec.blob.size);
+    layout.copyIn(store.blobPath(rec.blob.digest), rec.blob.digest, rec.blob.size, link);
     return { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: MEDIA.ociLayer };
   }
   const tmp = layout.temp();
@@ -459,9 +471,9 @@ export async function exportImage(sn: ImageSnapshotter, key: string, target: str
         const rec = reused[i]!;
         status = 'reused';
         if (o.format === 'docker-archive') {
-          w = await decompressInto(store!, rec, layout, (n) => progress(i, 'reading', n));
+          w = await decompressInto(store!, rec, layout, o.linkBlobs, (n) => progress(i, 'reading', n));
         } else {
-          layout.copyIn(store!.blobPath(rec.blob.digest), rec.blob.digest, rec.blob.size);
+          layout.copyIn(store!.blobPath(rec.blob.digest), rec.blob.digest, rec.blob.size, o.linkBlobs);
           w = { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: rec.blob.mediaType };
         }
       } else {

@@ -9,6 +9,7 @@
  * Layers whose chain ID is already committed are not read at all (their
  * blob is copied into the store only if it is missing there).
  */
+import { createReadStream, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream';
 import createDebug from 'debug';
@@ -139,10 +140,11 @@ function resolveImport(sn: ImageSnapshotter, options: ImportImageOptions | undef
   };
 }
 
-/** Per-layer state of one import: the stream read (if it was), and the copy into the store. */
+/** Per-layer state of one import: the stream read (if it was), and the store's copy (written as read, or a hard link read through). */
 interface Reading {
   verified: Promise<Verified>;
   tee?: BlobWriter;
+  linked?: string;
 }
 
 /** The blob digest of a layer: declared (OCI), its diffID (uncompressed), or what the verifier hashed. */
@@ -211,7 +213,14 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
       diffID: layer.diffId,
       stream: () => {
         const stored = layer.desc !== undefined && store.hasBlob(layer.desc.digest, layer.desc.size);
-        const tee = stored ? undefined : store.writer();
+        // A blob of a layout directory on the store's filesystem that only root can change is linked
+        // rather than copied, and read (and so verified) through the link: one pass, no second write.
+        let linked: string | undefined;
+        if (!stored && layer.desc !== undefined) {
+          const path = store.ingestPath();
+          if (src.linkTo(layer.path, path)) linked = path;
+        }
+        const tee = stored || linked !== undefined ? undefined : store.writer();
         const v = verifier({
           what: `layer ${index} (${layer.desc?.digest ?? layer.path})`,
           size: layer.size,
@@ -221,9 +230,9 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
           ...(tee ? { tee } : {}),
           onBytes: (bytes) => o.onProgress?.({ layer: index, layers: image.layers.length, status: 'reading', bytes, doneBytes, totalBytes }),
         });
-        readings[index] = tee ? { verified: v.result, tee } : { verified: v.result };
-        pipeline(src.open(layer.path), v, () => {});
-        if (!tee) lease.add(layer.desc!.digest);
+        readings[index] = tee ? { verified: v.result, tee } : linked !== undefined ? { verified: v.result, linked } : { verified: v.result };
+        pipeline(linked !== undefined ? createReadStream(linked, { highWaterMark: 1 << 20 }) : src.open(layer.path), v, () => {});
+        if (stored) lease.add(layer.desc!.digest);
         return v;
       },
     }));
@@ -254,6 +263,9 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
           const tee = reading.tee;
           reading.tee = undefined;
           await tee.commit(digest);
+        } else if (reading.linked !== undefined) {
+          store.commitIngest(reading.linked, digest);
+          reading.linked = undefined;
         }
         lease.add(digest);
       } else if (layer.desc && store.hasBlob(layer.desc.digest, layer.desc.size)) {
@@ -316,7 +328,10 @@ export async function importImage(sn: ImageSnapshotter, source: string, options?
     debug('imported %s from %s: %s (%d layers, %d applied)', image.ref ?? manifestDigest, source, top, layers.length, layers.filter((l) => l.status === 'applied').length);
     return result;
   } finally {
-    for (const r of readings) await r?.tee?.abort();
+    for (const r of readings) {
+      await r?.tee?.abort();
+      if (r?.linked !== undefined) rmSync(r.linked, { force: true });
+    }
     src.close();
     lease.release();
     // The committed layers are complete: they stop being ours (see OWNER_LABEL) whatever happened.

@@ -6,7 +6,7 @@
  * key order, and the tars list their entries sorted, owned by 0:0 with
  * fixed modes and one fixed mtime.
  */
-import { closeSync, constants as fsc, copyFileSync, createReadStream, createWriteStream, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, copyFileSync, createReadStream, createWriteStream, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
@@ -79,11 +79,20 @@ export class LayoutWriter {
     this.temps.delete(temp);
   }
 
-  /** Copies a blob in (a reflink where the filesystem can, else a copy), unless it is here already. */
-  copyIn(from: string, digest: string, size: number): void {
+  /**
+   * Puts a blob in, unless it is here already: a hard link when `link` and
+   * the filesystem allow, else a copy (a reflink where the filesystem can).
+   */
+  copyIn(from: string, digest: string, size: number, link: boolean): void {
     if (this.has(digest, size)) return;
     const tmp = this.temp();
-    copyFileSync(from, tmp, fsc.COPYFILE_FICLONE);
+    try {
+      if (!link) throw Object.assign(new Error('copy asked for'), { code: 'EXDEV' });
+      linkSync(from, tmp);
+    } catch (err) {
+      if (!['EXDEV', 'EPERM', 'EMLINK'].includes(errno(err) ?? '')) throw err;
+      copyFileSync(from, tmp, fsc.COPYFILE_FICLONE);
+    }
     if (statSync(tmp).size !== size) throw new Error(`blob ${digest} copied from ${from} is not ${size} bytes`);
     this.commit(tmp, digest);
   }
@@ -196,16 +205,3 @@ export function scratchBeside(target: string): string {
   mkdirSync(dir, { mode: 0o700 });
   return dir;
 }
-
-/** Writes bytes to a new file and syncs it. */
-export function writeSynced(path: string, bytes: Buffer): void {
-  const fd = openSync(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, 0o644);
-  try {
-    writeSync(fd, bytes);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-export { errno };

@@ -12,7 +12,7 @@
  * hard link entry is followed only to another entry of the same tar (as
  * `docker save` links duplicate layers).
  */
-import { closeSync, constants as fsc, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsc, createReadStream, fstatSync, linkSync, lstatSync, openSync, readSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname as pathDirname, join as pathJoin, posix } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -42,6 +42,13 @@ export interface SourceReader {
   open(rel: string): Readable;
   /** The first `n` bytes of `rel` (fewer if it is shorter). */
   head(rel: string, n: number): Buffer;
+  /**
+   * Hard-links `rel` to `dest` when that is as safe as a copy: `rel` is a
+   * regular file of a directory source, on the same filesystem, that only
+   * root (or this process's user) can change. Returns false when not
+   * (then copy).
+   */
+  linkTo(rel: string, dest: string): boolean;
   close(): void;
 }
 
@@ -144,6 +151,35 @@ class DirectorySource implements SourceReader {
     } finally {
       closeSync(l.fd);
     }
+  }
+
+  linkTo(rel: string, dest: string): boolean {
+    const fd = this.openFile(rel);
+    if (fd === undefined) return false;
+    let ino: number;
+    let dev: number;
+    try {
+      const st = fstatSync(fd);
+      const euid = process.geteuid?.() ?? 0;
+      // Writable only by its owner, and the owner is root or us: nobody else can change the stored copy later.
+      if ((st.uid !== 0 && st.uid !== euid) || (st.mode & 0o022) !== 0) return false;
+      ino = st.ino;
+      dev = st.dev;
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      linkSync(pathJoin(this.path, checkRelPath(rel, this.path)), dest);
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'EXDEV' || code === 'EPERM' || code === 'EMLINK' || code === 'ENOENT') return false;
+      throw err;
+    }
+    // The path was walked again by link(2): keep the link only if it is the file inspected above.
+    const st = lstatSync(dest);
+    if (st.isFile() && st.ino === ino && st.dev === dev) return true;
+    rmSync(dest, { force: true });
+    return false;
   }
 
   close(): void {}
@@ -283,6 +319,10 @@ class TarSource implements SourceReader {
   head(rel: string, n: number): Buffer {
     const e = this.locate(rel);
     return readExactly(this.fd, e.offset, Math.min(n, e.size));
+  }
+
+  linkTo(): boolean {
+    return false;
   }
 
   close(): void {

@@ -216,7 +216,17 @@ export class ImageStore {
 
   /** A new blob being written; the name says whose it is, for {@link sweep}. */
   writer(): BlobWriter {
-    return new BlobWriter(this, join(this.dir, 'ingest', `${encodeURIComponent(ownerValue())}.${uuidv4()}`));
+    return new BlobWriter(this, this.ingestPath());
+  }
+
+  /** A fresh ingest path for a blob placed by other means (a hard link), moved in by {@link commitIngest}. */
+  ingestPath(): string {
+    return join(this.dir, 'ingest', `${encodeURIComponent(ownerValue())}.${uuidv4()}`);
+  }
+
+  /** Moves an ingest file into place as `digest` (which the caller has verified). */
+  commitIngest(path: string, digest: string): void {
+    renameSync(path, this.blobPath(digest));
   }
 
   /** Stores a small blob (a manifest or config) and returns its digest. */
