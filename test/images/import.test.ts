@@ -5,7 +5,7 @@
  * the image store's record.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { type ImageProgress, type Info, type Snapshotter, chainIds, importImage, isInvalidArgument, isNotFound, listImages } from '../../lib/index.js';
@@ -233,6 +233,27 @@ describe('importImage', mountTestOptions(), () => {
       await withSnapshotter(undefined, async (sn) => {
         await assert.rejects(importImage(sn, join(dir, 'layout')), (err: Error) => isNotFound(err) && /linux\/riscv64/.test(err.message));
         assert.equal((await importImage(sn, join(dir, 'layout'), { platform: 'linux/riscv64' })).chainId, w!.diffIds[0]);
+      });
+    } finally {
+      await removeTree(dir);
+    }
+  });
+
+  test('a blob only root can change is linked into the store; one its owner (not root) can change is copied', async () => {
+    const dir = tempDir('ovl-img-');
+    try {
+      const layout = join(dir, 'layout');
+      const [w] = await makeLayout(layout, [{ layers: [await layerTar({ a: 'a' }), await layerTar({ b: 'b' })] }]);
+      const userBlob = join(layout, 'blobs/sha256', w!.layers[1]!.digest.slice(7));
+      chownSync(userBlob, 1000, 1000);
+      await withSnapshotter(undefined, async (sn, root) => {
+        await importImage(sn, layout);
+        const stored = (d: string) => statSync(join(root, 'images/blobs/sha256', d.slice(7)));
+        const rootBlob = join(layout, 'blobs/sha256', w!.layers[0]!.digest.slice(7));
+        assert.equal(stored(w!.layers[0]!.digest).ino, statSync(rootBlob).ino, 'root-owned: linked');
+        assert.notEqual(stored(w!.layers[1]!.digest).ino, statSync(userBlob).ino, 'user-owned: copied');
+        assert.deepEqual(readFileSync(join(root, 'images/blobs/sha256', w!.layers[1]!.digest.slice(7))), readFileSync(userBlob));
+        assert.deepEqual(readdirSync(join(root, 'images/ingest')), []);
       });
     } finally {
       await removeTree(dir);
