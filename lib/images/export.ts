@@ -15,7 +15,7 @@
  * only times written are `sourceDateEpoch` (or `SOURCE_DATE_EPOCH`), which
  * also clamps file mtimes; without it `created` is left out.
  */
-import { createHash } from 'node:crypto';
+import { type Hash, createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, rmSync } from 'node:fs';
 import { Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -285,21 +285,25 @@ function committedTarget(mounts: readonly Mount[], name: string, hasParent: bool
   return userxattr ? { upper, lowers: rest, userxattr } : { upper, lowers: rest };
 }
 
-/** Counts and hashes what passes (the compressed digest of a zstd layer). */
+/** Counts what passes, and hashes it when asked (the compressed digest of a zstd layer). */
 class Tap extends Transform {
-  private readonly hash = createHash('sha256');
+  private readonly hash: Hash | undefined;
   size = 0;
-  constructor(private readonly onBytes: (n: number) => void) {
+  constructor(
+    private readonly onBytes: (n: number) => void,
+    hashing: boolean,
+  ) {
     super({ highWaterMark: 1 << 20 });
+    this.hash = hashing ? createHash('sha256') : undefined;
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.size += chunk.length;
     this.onBytes(this.size);
     cb(null, chunk);
   }
   digest(): string {
-    return `sha256:${this.hash.digest('hex')}`;
+    return `sha256:${this.hash!.digest('hex')}`;
   }
 }
 
@@ -336,39 +340,25 @@ async function diffInto(
       await sn.remove(view).catch((err: unknown) => debug('could not remove the export view %s: %o', view, err));
     }
   };
-  if (o.compression === 'zstd') {
-    await zstdReady();
-    const z = zstdCompressor(o.zstdLevel);
-    const t = new Tap(onBytes);
-    const flowing = pipeline(z, t, file);
-    flowing.catch(() => {});
-    let r;
-    try {
-      r = await run(z);
-      await flowing;
-    } catch (err) {
-      z.destroy();
-      await flowing.catch(() => {});
-      throw err;
-    }
-    const digest = t.digest();
-    layout.commit(tmp, digest);
-    return { diffId: r.digest, digest, size: t.size, mediaType: layerMediaType('zstd') };
-  }
-  const t = new Tap(onBytes);
-  const flowing = pipeline(t, file);
+  // diffLayer compresses gzip itself (on the thread pool) and reports the digest; zstd is compressed here, and hashed after.
+  const zstd = o.compression === 'zstd';
+  if (zstd) await zstdReady();
+  const t = new Tap(onBytes, zstd);
+  const head: Transform = zstd ? zstdCompressor(o.zstdLevel) : t;
+  const flowing = zstd ? pipeline(head, t, file) : pipeline(t, file);
   flowing.catch(() => {});
   let r;
   try {
-    r = await run(t);
+    r = await run(head);
     await flowing;
   } catch (err) {
-    t.destroy();
+    head.destroy();
     await flowing.catch(() => {});
     throw err;
   }
-  layout.commit(tmp, r.compressedDigest);
-  return { diffId: r.digest, digest: r.compressedDigest, size: r.compressedSize, mediaType: layerMediaType(o.compression === 'gzip' ? 'gzip' : 'none') };
+  const digest = zstd ? t.digest() : r.compressedDigest;
+  layout.commit(tmp, digest);
+  return { diffId: r.digest, digest, size: zstd ? t.size : r.compressedSize, mediaType: layerMediaType(o.compression) };
 }
 
 /** Writes a stored blob uncompressed (docker archives), checking it against its diffID on the way. */
@@ -379,7 +369,7 @@ async function decompressInto(store: ImageStore, rec: LayerRecord, layout: Layou
     return { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: MEDIA.ociLayer };
   }
   const tmp = layout.temp();
-  const t = new Tap(onBytes);
+  const t = new Tap(onBytes, true);
   const { stream } = await decompress(createReadStream(store.blobPath(rec.blob.digest), { highWaterMark: 1 << 20 }));
   await pipeline(stream, t, createWriteStream(tmp, { mode: 0o644 }));
   const digest = t.digest();
