@@ -464,7 +464,9 @@ export async function exportImage(sn: ImageSnapshotter, key: string, target: str
           w = await decompressInto(store!, rec, layout, o.linkBlobs, (n) => progress(i, 'reading', n));
         } else {
           layout.copyIn(store!.blobPath(rec.blob.digest), rec.blob.digest, rec.blob.size, o.linkBlobs);
-          w = { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: rec.blob.mediaType };
+          // Docker's layer types name the same bytes; an OCI manifest names them the OCI way.
+          const compression = layerCompression({ mediaType: rec.blob.mediaType, digest: rec.blob.digest, size: rec.blob.size }, `stored layer ${rec.chainId}`);
+          w = { diffId: rec.diffId, digest: rec.blob.digest, size: rec.blob.size, mediaType: layerMediaType(compression) };
         }
       } else {
         status = 'diffed';

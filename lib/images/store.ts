@@ -438,6 +438,9 @@ export class ImageStore {
       } catch {
         continue;
       }
+      // Two waiters may both find the same dead holder; the second's unlink could then remove the
+      // first's fresh lock. Rare (a holder died, and two processes wait), and it costs at worst a
+      // lost index.json update, which the next import of that image makes again.
       if (holder !== '' && ownerAlive(holder) === false) {
         debug('breaking the lock of %s, held by a dead process (%s)', this.dir, holder);
         try {
