@@ -126,10 +126,15 @@ export class BlobWriter {
     return this.inFlight > WRITE_AHEAD ? this.tail : undefined;
   }
 
-  /** Moves the bytes written into place as `digest` (which the caller has verified). */
-  async commit(digest: string): Promise<void> {
+  /** Resolves once every queued write is done; rejects with a write's failure. */
+  async flushed(): Promise<void> {
     await this.tail;
     if (this.failed !== undefined) throw this.failed;
+  }
+
+  /** Moves the bytes written into place as `digest` (which the caller has verified). */
+  async commit(digest: string): Promise<void> {
+    await this.flushed();
     this.close();
     renameSync(this.path, this.store.blobPath(digest));
   }

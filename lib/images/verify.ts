@@ -108,6 +108,8 @@ export function verifier(opts: VerifyOptions): Transform & { result: Promise<Ver
           if (opts.size !== undefined && seen !== opts.size) {
             throw new InvalidArgumentError(`${opts.what} is ${seen} bytes, its descriptor declares ${opts.size} (truncated?)`);
           }
+          // The copy is complete before the apply is: the snapshotter's commit then syncs it with the layer.
+          await opts.tee?.flushed();
           const v: Verified = { size: seen, compression };
           if (hash) {
             v.digest = await hash.digest();
