@@ -39,3 +39,21 @@ export type {
   LayerTarget,
   LayerSnapshotter,
 } from './layers/index.js';
+export { importImage, exportImage, listImages, removeImage } from './images/index.js';
+export type {
+  ExportFormat,
+  ExportImageOptions,
+  ExportImageResult,
+  ExportedLayer,
+  HistoryEntry,
+  ImageConfig,
+  ImageInfo,
+  ImageProgress,
+  ImageSnapshotter,
+  ImportImageOptions,
+  ImportImageResult,
+  ImportedLayer,
+  Platform,
+  RemoveImageResult,
+  RunConfig,
+} from './images/index.js';

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
+import { registerImage } from './commands/image.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerLayers } from './commands/layers.js';
 import { registerMaintenance } from './commands/maintenance.js';
@@ -45,6 +46,7 @@ The root also comes from ${ROOT_ENV}; see docs/cli.md.`,
   registerSnapshots(program);
   registerMounts(program);
   registerLayers(program);
+  registerImage(program);
   registerMaintenance(program);
   return program;
 }

@@ -12,7 +12,9 @@ import { v4 as uuidv4 } from 'uuid';
 import { FailedPreconditionError, InvalidArgumentError, isAlreadyExists, isNotFound, q } from '../model/errors.js';
 import type { Info, Mount, SnapshotOptions } from '../model/types.js';
 import { type ApplyOptions, type ApplyResult, type LayerTarget, applyLayer } from './apply.js';
+import type { Compression } from './compression.js';
 import { type DiffOptions, type DiffResult, diffLayer } from './diff.js';
+import { ownerLabels } from './owner.js';
 
 const debug = createDebug('overlay-snapshotter:layers');
 
@@ -129,8 +131,11 @@ export interface ImportOptions {
   labels?: Record<string, string>;
   /** Passed to each {@link applyLayer}. */
   apply?: ApplyOptions;
-  /** Called after each layer with what was done. */
-  onLayer?: (event: { index: number; chainID: string; diffID: string; skipped: boolean }) => void;
+  /**
+   * Called after each layer with what was done. `size` (bytes of the
+   * uncompressed tar) and `compression` are there when the layer was read.
+   */
+  onLayer?: (event: { index: number; chainID: string; diffID: string; skipped: boolean; size?: number; compression?: Compression }) => void;
 }
 
 function isDescriptor(layer: LayerSource): layer is Exclude<LayerSource, Readable | AsyncIterable<Uint8Array>> {
@@ -167,7 +172,9 @@ function discard(layer: LayerSource): void {
  *
  * Each layer is applied in a fresh active with a unique key
  * (`import-<uuid>`), so concurrent imports of the same image do not clash;
- * on any failure that active is removed and the error rethrown. A given
+ * on any failure that active is removed and the error rethrown. The active
+ * carries `OWNER_LABEL` (this process), so that one left by a crash can be
+ * told from one in use. A given
  * diffID that does not match the data is an `InvalidArgumentError`.
  */
 export async function importLayers(snapshotter: LayerSnapshotter, layers: readonly LayerSource[], opts: ImportOptions = {}): Promise<string> {
@@ -187,7 +194,8 @@ export async function importLayers(snapshotter: LayerSnapshotter, layers: readon
       }
     }
     const key = `import-${uuidv4()}`;
-    await snapshotter.prepare(key, parent);
+    // Labelled with this process, so that what a crash leaves is known for garbage (owner.ts).
+    await snapshotter.prepare(key, parent, { labels: ownerLabels() });
     let committed = false;
     try {
       const src = isDescriptor(layer) ? (typeof layer.stream === 'function' ? await layer.stream() : layer.stream) : layer;
@@ -206,7 +214,7 @@ export async function importLayers(snapshotter: LayerSnapshotter, layers: readon
         if (!(await exists(snapshotter, chain))) throw err;
         skipped = true;
       }
-      opts.onLayer?.({ index, chainID: chain, diffID: result.digest, skipped });
+      opts.onLayer?.({ index, chainID: chain, diffID: result.digest, skipped, size: result.size, compression: result.compression });
       parent = chain;
     } finally {
       if (!committed) {
