@@ -1,9 +1,11 @@
-/** A snapshotter served over gRPC on a temp socket, and a client of it, for tests. */
-import { mkdtempSync, rmSync } from 'node:fs';
+/** A snapshotter served over gRPC (in this process, or by `overlay-snapshotter serve`) and clients of it, for tests. */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Snapshotter } from '../../lib/index.js';
 import { type RemoteSnapshotter, type ServeOptions, type ServerHandle, connect, serve } from '../../lib/server/index.js';
+import { REPO } from './cli.js';
 import type { UnderTest } from './suite.js';
 
 export interface Served {
@@ -50,4 +52,53 @@ export async function throughGrpc(sn: Snapshotter): Promise<{ sn: UnderTest; dis
     close: () => sn.close(),
   };
   return { sn: remote, dispose };
+}
+
+/** `overlay-snapshotter serve` running as a child process. */
+export interface ServeProcess {
+  readonly pid: number;
+  readonly address: string;
+  /** What it wrote on stderr so far. */
+  stderr(): string;
+  /** Sends `signal` and waits for the exit; resolves with its code and stderr. Kills it if it has not exited after 30 s. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
+}
+
+/**
+ * Starts `overlay-snapshotter --root ROOT serve --address ADDRESS ...extra`
+ * (from source, no build) and resolves once the socket exists, which means
+ * the server is ready.
+ */
+export async function startServe(root: string, address: string, extra: readonly string[] = []): Promise<ServeProcess> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of ['DEBUG', 'NODE_TEST_CONTEXT', 'OVERLAY_SNAPSHOTTER_ROOT', 'OVERLAY_SNAPSHOTTER_ADDRESS']) delete env[k];
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'lib/cli/main.ts'), '--root', root, 'serve', '--address', address, ...extra], {
+    cwd: REPO,
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(address)) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`serve exited (${child.exitCode ?? child.signalCode}) before its socket appeared: ${stderr}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`serve: no socket at ${address} after 60 s: ${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    pid: child.pid!,
+    address,
+    stderr: () => stderr,
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      const result = await exited;
+      clearTimeout(timer);
+      return { ...result, stderr };
+    },
+  };
 }
