@@ -1,10 +1,12 @@
 /** A snapshotter served over gRPC (in this process, or by `overlay-snapshotter serve`) and clients of it, for tests. */
 import { spawn } from 'node:child_process';
+import { type ServiceError, credentials } from '@grpc/grpc-js';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Snapshotter } from '../../lib/index.js';
-import { type RemoteSnapshotter, type ServeOptions, type ServerHandle, connect, serve } from '../../lib/server/index.js';
+import { type RemoteSnapshotter, type ServeOptions, type ServedSnapshotter, type ServerHandle, connect, serve } from '../../lib/server/index.js';
+import { SnapshotsClient } from '../../lib/server/gen/containerd/services/snapshots/v1/snapshots.js';
 import { REPO } from './cli.js';
 import type { UnderTest } from './suite.js';
 
@@ -16,7 +18,7 @@ export interface Served {
 }
 
 /** Serves `sn` on a socket in a fresh temp dir and connects a client to it. */
-export async function served(sn: Snapshotter, options: Partial<ServeOptions> = {}): Promise<Served> {
+export async function served(sn: ServedSnapshotter, options: Partial<ServeOptions> = {}): Promise<Served> {
   const dir = mkdtempSync(join(tmpdir(), 'ovl-grpc-'));
   const server = await serve(sn, { address: join(dir, 'snapshotter.sock'), ...options });
   const client = connect(server.address);
@@ -101,4 +103,26 @@ export async function startServe(root: string, address: string, extra: readonly 
       return { ...result, stderr };
     },
   };
+}
+
+/** The generated client, for tests that look at the wire itself (status codes, message blocks, raw fields). */
+export function rawClient(address: string): SnapshotsClient {
+  return new SnapshotsClient(`unix:${address}`, credentials.createInsecure());
+}
+
+/** One unary call of the generated client as a promise; a failure rejects with the ServiceError (code, details). */
+export function rawCall<Res>(start: (callback: (err: ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    start((err, res) => (err === null ? resolve(res) : reject(err)));
+  });
+}
+
+/** The gRPC status code a call failed with (a test failure when it did not fail). */
+export async function statusCode(promise: Promise<unknown>): Promise<number> {
+  try {
+    await promise;
+  } catch (err) {
+    return (err as ServiceError).code;
+  }
+  throw new Error('expected the call to fail');
 }
