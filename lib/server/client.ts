@@ -40,6 +40,12 @@ export interface ConnectOptions {
    * containerd needs one, this package's server ignores it.
    */
   namespace?: string;
+  /**
+   * A containerd lease, sent as `containerd-lease` metadata: what is made
+   * under it is safe from containerd's garbage collector until the lease is
+   * deleted. This package's server ignores it.
+   */
+  lease?: string;
 }
 
 const LONE_SURROGATE = /\p{Surrogate}/u;
@@ -99,6 +105,7 @@ export class RemoteSnapshotter {
     this.snapshotter = options.snapshotter ?? '';
     this.metadata = new Metadata();
     if (options.namespace !== undefined) this.metadata.set('containerd-namespace', options.namespace);
+    if (options.lease !== undefined) this.metadata.set('containerd-lease', options.lease);
     // Channelz and retries are bookkeeping this client never uses; off, each call is cheaper.
     this.client = new SnapshotsClient(`unix:${address}`, credentials.createInsecure(), { 'grpc.enable_channelz': 0, 'grpc.enable_retries': 0 });
   }

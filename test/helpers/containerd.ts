@@ -50,6 +50,8 @@ export interface ContainerdOptions {
   proxies?: Record<string, string>;
   /** Seconds to wait for the socket. */
   timeout?: number;
+  /** More TOML, appended to the config (plugin settings). */
+  extraConfig?: string;
 }
 
 function toml(value: string): string {
@@ -80,7 +82,7 @@ function configOf(o: ContainerdOptions): string {
   for (const [name, address] of Object.entries(o.proxies ?? {})) {
     lines.push(`  [proxy_plugins.${toml(name)}]`, '    type = "snapshot"', `    address = ${toml(address)}`);
   }
-  return `${lines.join('\n')}\n`;
+  return `${lines.join('\n')}\n${o.extraConfig ?? ''}`;
 }
 
 async function waitFor(check: () => boolean, seconds: number, what: string, child: ChildProcess, log: () => string): Promise<void> {
