@@ -53,7 +53,14 @@ function list(sn: ServedSnapshotter) {
   return (call: ServerWritableStream<ListSnapshotsRequest, ListSnapshotsResponse>): void => {
     let block: WireInfo[] = [];
     const send = async (infos: WireInfo[]): Promise<void> => {
-      if (!call.write({ info: infos })) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+      if (call.write({ info: infos })) return;
+      // Wait for the client to read on, or to go away; both listeners go either way.
+      const stop = new AbortController();
+      try {
+        await Promise.race([once(call, 'drain', { signal: stop.signal }), once(call, 'cancelled', { signal: stop.signal })]);
+      } finally {
+        stop.abort();
+      }
     };
     sn.walk(async (info: Info) => {
       if (call.cancelled) throw new Cancelled();

@@ -26,7 +26,7 @@ export function makeParent(path: string): void {
       lstatSync(dir);
       break;
     } catch (err) {
-      if (errnoOf(err) !== 'ENOENT' || dir === dirname(dir)) throw err;
+      if (errnoOf(err) !== 'ENOENT' || dir === dirname(dir)) throw new UnavailableError(`cannot use ${dir} for the socket (${errnoOf(err) ?? String(err)})`, { cause: err });
       missing.unshift(dir);
     }
   }
@@ -34,8 +34,8 @@ export function makeParent(path: string): void {
     try {
       mkdirSync(dir, { mode: 0o711 });
     } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw err;
-      continue;
+      if (errnoOf(err) === 'EEXIST') continue;
+      throw new UnavailableError(`cannot create ${dir} for the socket (${errnoOf(err) ?? String(err)}); create it or choose another address`, { cause: err });
     }
     chmodSync(dir, 0o711);
   }

@@ -3,7 +3,7 @@
  * containerd's errdefs gives them, so that `errdefs.IsNotFound(err)` and
  * its friends hold on containerd's side and `ctr` prints our message.
  */
-import { Metadata, type ServiceError, status as Status, type StatusObject } from '@grpc/grpc-js';
+import { type ServiceError, status as Status, type StatusObject } from '@grpc/grpc-js';
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -21,7 +21,7 @@ import {
 /** The gRPC status of anything a handler threw. */
 export function statusOf(err: unknown): Partial<StatusObject> {
   const details = err instanceof Error ? err.message : String(err);
-  return { code: codeOf(err), details, metadata: new Metadata() };
+  return { code: codeOf(err), details };
 }
 
 function codeOf(err: unknown): Status {

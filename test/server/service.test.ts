@@ -105,6 +105,28 @@ test('a client that stops reading a List midway cancels it and the server goes o
   }
 }));
 
+test('a slow reader of a long List gets every snapshot once, in order, while the server waits for it', withServer(async (_raw, sn, address) => {
+  for (let i = 0; i < 3000; i++) await sn.view(`v${String(i).padStart(4, '0')}`);
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => void warnings.push(w.name);
+  process.on('warning', onWarning);
+  const client = connect(address);
+  try {
+    const names: string[] = [];
+    await client.walk(async (info) => {
+      names.push(info.name);
+      if (names.length % 200 === 0) await new Promise((r) => setTimeout(r, 5));
+    });
+    assert.equal(names.length, 3000);
+    assert.deepEqual(names, [...names].sort());
+    assert.equal(new Set(names).size, 3000);
+  } finally {
+    process.off('warning', onWarning);
+    await client.close();
+  }
+  assert.deepEqual(warnings, [], 'no listener piles up on the stream while it waits');
+}));
+
 test('Update honours the field mask as containerd does: none replaces all labels, labels.<k> one, others are refused', withServer(async (raw, sn) => {
   await sn.prepare('a', undefined, { labels: { x: '1', y: '2' } });
   const info = (labels: Record<string, string>) => ({ name: 'a', parent: '', kind: Kind.UNKNOWN, createdAt: undefined, updatedAt: undefined, labels: new Map(Object.entries(labels)) });
