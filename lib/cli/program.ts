@@ -10,6 +10,7 @@ import { registerInspect } from './commands/inspect.js';
 import { registerLayers } from './commands/layers.js';
 import { registerMaintenance } from './commands/maintenance.js';
 import { registerMounts } from './commands/mounts.js';
+import { registerServe } from './commands/serve.js';
 import { registerSnapshots } from './commands/snapshots.js';
 import { DEFAULT_ROOT, DRIVER_ENV, ROOT_ENV } from './context.js';
 import { PROG } from './exit.js';
@@ -48,5 +49,6 @@ The root also comes from ${ROOT_ENV}; see docs/cli.md.`,
   registerLayers(program);
   registerImage(program);
   registerMaintenance(program);
+  registerServe(program);
   return program;
 }

@@ -14,7 +14,7 @@
  * namespaces cannot judge each other's owners (see docs/images.md).
  */
 import { readFileSync } from 'node:fs';
-import { processStart } from '../liveness.js';
+import { processStart } from '../kernel/liveness.js';
 
 /** Label of a temporary snapshot: the process that made it and must remove it. */
 export const OWNER_LABEL = 'overlay-snapshotter/owner';

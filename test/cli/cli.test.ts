@@ -66,7 +66,7 @@ describe('overlay-snapshotter CLI', () => {
   test('every command has --help with the global options; the program lists them all', async () => {
     const program = createProgram();
     const names = program.commands.map((c) => c.name());
-    const expected = ['ls', 'tree', 'info', 'usage', 'prepare', 'view', 'commit', 'rm', 'label', 'mounts', 'mount', 'unmount', 'apply', 'diff', 'import', 'image', 'cleanup', 'prune', 'check', 'capabilities'];
+    const expected = ['ls', 'tree', 'info', 'usage', 'prepare', 'view', 'commit', 'rm', 'label', 'mounts', 'mount', 'unmount', 'apply', 'diff', 'import', 'image', 'cleanup', 'prune', 'check', 'capabilities', 'serve'];
     assert.deepEqual(names, expected);
     for (const c of program.commands) {
       const help = c.helpInformation();

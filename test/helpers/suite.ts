@@ -33,12 +33,24 @@ import {
 import { snapshotEntries, withMounted, withSnapshotter } from './fixtures.js';
 import { mountTestOptions } from './require-mount.js';
 
+/** What the scenarios call: a Snapshotter, or anything with its methods (the gRPC configuration's client). */
+export type UnderTest = Pick<Snapshotter, 'prepare' | 'view' | 'mounts' | 'commit' | 'remove' | 'stat' | 'update' | 'walk' | 'usage' | 'close'> & {
+  cleanup(): Promise<unknown>;
+};
+
 export interface SuiteConfig {
   /** Shown in test names. */
   name: string;
   options: SnapshotterOptions;
   /** Extra path below the temp dir for the root (long-root configurations). */
   rootExtra?: string;
+  /**
+   * A layer between the scenarios and every snapshotter they open: gets the
+   * opened snapshotter and returns what the scenarios call (its `close()`
+   * closes that snapshotter) and what to tear down after the scenario. The
+   * gRPC configuration serves the snapshotter on a socket and returns a client.
+   */
+  through?: (sn: Snapshotter) => Promise<{ sn: UnderTest; dispose(): Promise<void> }>;
 }
 
 function code(expected: string) {
@@ -55,7 +67,7 @@ const INVALID_ARGUMENT = code('ERR_INVALID_ARGUMENT');
 const UNAVAILABLE = code('ERR_UNAVAILABLE');
 
 /** Writes files into a mounted snapshot and commits it as `name`. */
-async function layer(sn: Snapshotter, name: string, parent: string | undefined, write: (dir: string) => void): Promise<void> {
+async function layer(sn: UnderTest, name: string, parent: string | undefined, write: (dir: string) => void): Promise<void> {
   const key = `${name}-active`;
   const mounts = await sn.prepare(key, parent);
   await withMounted(mounts, write);
@@ -63,7 +75,7 @@ async function layer(sn: Snapshotter, name: string, parent: string | undefined, 
 }
 
 /** Runs `check` on a read-only view of `parent`. */
-async function inView<T>(sn: Snapshotter, parent: string, check: (dir: string) => T): Promise<T> {
+async function inView<T>(sn: UnderTest, parent: string, check: (dir: string) => T): Promise<T> {
   const key = `view-of-${parent}-${Math.random()}`;
   const mounts = await sn.view(key, parent);
   try {
@@ -80,13 +92,29 @@ function userLabels(info: Info): Record<string, string> {
 }
 
 export function conformance(config: SuiteConfig): void {
-  const run = (fn: (sn: Snapshotter, root: string) => Promise<void>) => () => withSnapshotter(config.options, fn, config.rootExtra);
+  type Scenario = (sn: UnderTest, root: string, reopen: () => Promise<UnderTest>) => Promise<void>;
+  const withUnderTest = (fn: Scenario) =>
+    withSnapshotter(config.options, async (opened, root) => {
+      const disposers: (() => Promise<void>)[] = [];
+      const via = async (sn: Snapshotter): Promise<UnderTest> => {
+        if (config.through === undefined) return sn;
+        const layered = await config.through(sn);
+        disposers.push(layered.dispose);
+        return layered.sn;
+      };
+      try {
+        await fn(await via(opened), root, async () => via(await Snapshotter.open(root, config.options)));
+      } finally {
+        for (const dispose of disposers.reverse()) await dispose();
+      }
+    }, config.rootExtra);
+  const run = (fn: Scenario) => () => withUnderTest(fn);
   const mountOpts = mountTestOptions();
 
   describe(`conformance (${config.name})`, () => {
     describe('lifecycle', () => {
       test('first id is 1 and ids are never reused after removal and reopen', async () => {
-        await withSnapshotter(config.options, async (sn, root) => {
+        await withUnderTest(async (sn, root, reopen) => {
           await sn.prepare('a');
           assert.deepEqual(snapshotEntries(root), ['1']);
           await sn.remove('a');
@@ -94,7 +122,7 @@ export function conformance(config: SuiteConfig): void {
           await sn.prepare('b');
           assert.deepEqual(snapshotEntries(root), ['2']);
           await sn.close();
-          const again = await Snapshotter.open(root, config.options);
+          const again = await reopen();
           try {
             await again.remove('b');
             await again.cleanup();
@@ -103,7 +131,7 @@ export function conformance(config: SuiteConfig): void {
           } finally {
             await again.close();
           }
-        }, config.rootExtra);
+        });
       });
 
       test('prepare makes fs 0755 and work 0711 in a 0700 snapshots dir, with no staging dir left after close', run(async (sn, root) => {
@@ -135,7 +163,7 @@ export function conformance(config: SuiteConfig): void {
       }));
 
       test('reopening a root finds every snapshot exactly as it was', async () => {
-        await withSnapshotter(config.options, async (sn, root) => {
+        await withUnderTest(async (sn, root, reopen) => {
           await sn.prepare('base-a', undefined, { labels: { a: '1' } });
           await sn.commit('base', 'base-a', { labels: { role: 'base' } });
           await sn.prepare('ctr', 'base', { labels: { x: 'y' } });
@@ -144,7 +172,7 @@ export function conformance(config: SuiteConfig): void {
           await sn.walk((i) => void before.push(i));
           const mountsBefore = await sn.mounts('ctr');
           await sn.close();
-          const again = await Snapshotter.open(root, config.options);
+          const again = await reopen();
           try {
             const after: Info[] = [];
             await again.walk((i) => void after.push(i));
@@ -153,7 +181,7 @@ export function conformance(config: SuiteConfig): void {
           } finally {
             await again.close();
           }
-        }, config.rootExtra);
+        });
       });
 
       test('remove deletes the record and, once cleaned up, the directory', run(async (sn, root) => {
@@ -204,7 +232,7 @@ export function conformance(config: SuiteConfig): void {
       }));
 
       test('close twice is fine and every call after close is unavailable', async () => {
-        await withSnapshotter(config.options, async (sn) => {
+        await withUnderTest(async (sn) => {
           await sn.prepare('a');
           await sn.close();
           await sn.close();
@@ -218,7 +246,7 @@ export function conformance(config: SuiteConfig): void {
           await assert.rejects(sn.update({ name: 'a' }), UNAVAILABLE);
           await assert.rejects(sn.walk(() => {}), UNAVAILABLE);
           await assert.rejects(sn.cleanup(), UNAVAILABLE);
-        }, config.rootExtra);
+        });
       });
 
       test('keys are strings, never paths: slashes, dots and newlines work as keys', run(async (sn, root) => {
