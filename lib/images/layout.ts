@@ -11,7 +11,7 @@ import { basename, dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { v4 as uuidv4 } from 'uuid';
-import { FailedPreconditionError, InvalidArgumentError } from '../index.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../model/errors.js';
 import { type Descriptor, MAX_MANIFEST_BYTES, MEDIA, REF_ANNOTATION, canonicalJson, parseIndex } from './media.js';
 import { sha256 } from './select.js';
 

@@ -5,7 +5,7 @@
  * the same top; its snapshots are then ordinary unreferenced layers, which
  * `prune` removes (unless something else keeps them).
  */
-import { InvalidArgumentError, isNotFound } from '../index.js';
+import { InvalidArgumentError, isNotFound } from '../model/errors.js';
 import { releaseRoots, storeDir, type ImageSnapshotter } from './import.js';
 import { MAX_MANIFEST_BYTES, type Platform, parseManifest } from './media.js';
 import { refMatches } from './select.js';

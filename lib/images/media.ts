@@ -4,7 +4,7 @@
  * manifests and configs, parsed from untrusted bytes into checked objects.
  * Pure: no files, no snapshots.
  */
-import { InvalidArgumentError } from '../index.js';
+import { InvalidArgumentError } from '../model/errors.js';
 
 export const MEDIA = Object.freeze({
   ociLayout: 'application/vnd.oci.image.layout.v1+json',

@@ -3,7 +3,7 @@
  * the matching rule used to pick a manifest from a multi-platform index.
  */
 import { arch } from 'node:os';
-import { InvalidArgumentError } from '../index.js';
+import { InvalidArgumentError } from '../model/errors.js';
 import type { Platform } from './media.js';
 
 /** Node's `process.arch` in GOARCH terms, as OCI platforms spell architectures. */

@@ -6,7 +6,7 @@
  * read as the OCI layout it also is.
  */
 import { createHash } from 'node:crypto';
-import { InvalidArgumentError, NotFoundError } from '../index.js';
+import { InvalidArgumentError, NotFoundError } from '../model/errors.js';
 import {
   CONTAINERD_NAME_ANNOTATION,
   type Compression,

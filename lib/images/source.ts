@@ -16,7 +16,7 @@ import { closeSync, constants as fsc, createReadStream, fstatSync, linkSync, lst
 import { createRequire } from 'node:module';
 import { dirname as pathDirname, join as pathJoin, posix } from 'node:path';
 import type { Readable } from 'node:stream';
-import { InvalidArgumentError, NotFoundError } from '../index.js';
+import { InvalidArgumentError, NotFoundError } from '../model/errors.js';
 
 /** What {@link openSource} found at a path. */
 export type SourceKind = 'directory' | 'tar';

@@ -23,7 +23,7 @@ import { closeSync, constants as fsc, fsyncSync, mkdirSync, openSync, readFileSy
 import { join } from 'node:path';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
-import { NotFoundError, UnavailableError } from '../index.js';
+import { NotFoundError, UnavailableError } from '../model/errors.js';
 import { ownerAlive, ownerValue } from '../layers/index.js';
 import { type Descriptor, type Index, MAX_MANIFEST_BYTES, MEDIA, REF_ANNOTATION, canonicalJson, checkDigest, parseIndex, parseJson, parseManifest } from './media.js';
 import { sha256 } from './select.js';

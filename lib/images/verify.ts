@@ -9,7 +9,7 @@
  * verification is part of the one pass over the data.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { InvalidArgumentError } from '../index.js';
+import { InvalidArgumentError } from '../model/errors.js';
 import { StreamHash, detectCompression } from '../layers/index.js';
 import type { Compression } from './media.js';
 import type { BlobWriter } from './store.js';

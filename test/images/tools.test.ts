@@ -23,7 +23,7 @@ import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, symlinkSyn
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { chainIds, exportImage, importImage } from '../../lib/index.js';
-import { lsetxattr } from '../../lib/layers/sys.js';
+import { lsetxattr } from '../../lib/kernel/xattr.js';
 import { removeTree, tempDir, withMounted, withSnapshotter } from '../helpers/fixtures.js';
 import { compareFingerprints, treeFingerprint } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, mountSkipReason } from '../helpers/require-mount.js';
