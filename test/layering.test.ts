@@ -20,7 +20,7 @@ function modules(dir = LIB): string[] {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) out.push(...modules(path));
-    else if (entry.name.endsWith('.ts')) out.push(relative(LIB, path));
+    else if (entry.name.endsWith('.ts') || entry.name.endsWith('.cts')) out.push(relative(LIB, path));
   }
   return out.sort();
 }
@@ -81,7 +81,7 @@ function importsOf(rel: string): { spec: string; target: string }[] {
       const spec = m[1]!;
       const path = resolve(dirname(join(LIB, rel)), spec);
       // Specifiers name the compiled `.js` file; the source is the `.ts` beside it.
-      found.push({ spec, target: relative(LIB, path.endsWith('.js') ? `${path.slice(0, -3)}.ts` : path) });
+      found.push({ spec, target: relative(LIB, path.replace(/\.(c?)js$/, '.$1ts')) });
     }
   }
   return found;
@@ -123,20 +123,26 @@ test('every helper thread is a module file of lib/, started through kernel/threa
     if (/eval\s*:\s*true/.test(src)) problems.push(`${rel} starts a worker from a string (eval: true)`);
     if (/new Function\s*\(/.test(src)) problems.push(`${rel} evaluates code held in a string (new Function)`);
     if (/new Worker\s*\(/.test(src) && rel !== 'kernel/threads.ts') problems.push(`${rel} makes a Worker itself: start it with startWorker (kernel/threads.ts)`);
-    for (const m of src.matchAll(/new URL\(\s*['"](\.[^'"]*-worker\.js)['"]\s*,\s*import\.meta\.url/g)) {
-      workers.push(relative(LIB, resolve(dirname(join(LIB, rel)), m[1]!.replace(/\.js$/, '.ts'))));
+    for (const m of src.matchAll(/new URL\(\s*['"](\.[^'"]*-worker\.c?js)['"]\s*,\s*import\.meta\.url/g)) {
+      workers.push(relative(LIB, resolve(dirname(join(LIB, rel)), m[1]!.replace(/\.(c?)js$/, '.$1ts'))));
     }
   }
   for (const target of workers) if (!existsSync(join(LIB, target))) problems.push(`worker module ${target} does not exist`);
+  // Nothing imports a worker module, so tsc compiles it to dist/ only if tsconfig.json includes files of its kind.
+  const include = (JSON.parse(readFileSync(new URL('../tsconfig.json', import.meta.url), 'utf8')) as { include: string[] }).include;
+  for (const target of workers) {
+    const ext = target.slice(target.lastIndexOf('.'));
+    if (!include.includes(`lib/**/*${ext}`)) problems.push(`worker module ${target}: tsconfig.json does not include lib/**/*${ext}, so it is missing from dist/`);
+  }
   assert.deepEqual(problems, []);
   // The threads of the staging pool, the usage walk, and the layer hash, walk, reader and writers.
   assert.deepEqual([...new Set(workers)].sort(), [
-    'disk/staging-worker.ts',
+    'disk/staging-worker.cts',
     'disk/usage-worker.ts',
-    'layers/hash-worker.ts',
+    'layers/hash-worker.cts',
     'layers/reader-worker.ts',
     'layers/walk-worker.ts',
-    'layers/writer-worker.ts',
+    'layers/writer-worker.cts',
   ]);
 });
 

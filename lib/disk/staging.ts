@@ -27,7 +27,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { errnoOf } from '../kernel/libc.js';
 import { isAlive, selfTag } from '../kernel/liveness.js';
 import { startWorker } from '../kernel/threads.js';
-import { COUNTERS, MADE, type PoolData, STOP, TAKEN } from './staging-slots.js';
+import { COUNTERS, MADE, type PoolData, STOP, TAKEN } from './staging-slots.cjs';
 
 const debug = createDebug('overlay-snapshotter:staging');
 
@@ -91,7 +91,7 @@ export class StagingPool {
     this.base = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
       const workerData: PoolData = { counters: this.counters.buffer as SharedArrayBuffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean };
-      const worker = startWorker(new URL('./staging-worker.js', import.meta.url), { workerData });
+      const worker = startWorker(new URL('./staging-worker.cjs', import.meta.url), { workerData });
       worker.unref();
       worker.on('message', (message: string) => debug('staging pool makes no more dirs: %s', message));
       worker.on('error', (err) => debug('staging pool thread failed: %s', err.message));

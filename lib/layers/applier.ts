@@ -37,7 +37,6 @@ import { mknod, mkwhiteout, splitdev } from '../kernel/files.js';
 import { fsetxattr, lsetxattr, lxattrs } from '../kernel/xattr.js';
 import { InvalidArgumentError, q } from '../model/errors.js';
 import type { ApplyOptions, LayerTarget } from './apply.js';
-import { useWorker } from './hash.js';
 import { type EntryHeader, entryOwner, entryTimes, entryXattrs } from './pax.js';
 import { OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, abs, basename, cleanName, dirname, isWithin, joinRel, refuse } from './paths.js';
 import { UndoJournal } from './undo.js';
@@ -87,9 +86,11 @@ export class Applier {
 
   private pending: PendingFile | undefined;
   /** Helper threads that make small new files, when there is a CPU for them. */
-  private readonly writers: Writers | undefined = useWorker() ? new Writers() : undefined;
+  private readonly writers: Writers | undefined;
 
-  constructor(target: LayerTarget, opts: ApplyOptions) {
+  /** `threads`: the writer threads run ({@link writersReady}); else every file is made here. */
+  constructor(target: LayerTarget, opts: ApplyOptions, threads: boolean) {
+    this.writers = threads ? new Writers() : undefined;
     this.view = new UpperView(target);
     this.upper = this.view.upper;
     this.overlay = this.view.overlay;

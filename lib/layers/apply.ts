@@ -38,7 +38,8 @@ import tar from 'tar-stream';
 import { InvalidArgumentError, q } from '../model/errors.js';
 import { Applier, type PendingFile } from './applier.js';
 import { type Compression, decompress } from './compression.js';
-import { StreamHash } from './hash.js';
+import { StreamHash, useWorker } from './hash.js';
+import { writersReady } from './writer.js';
 import { type EntryHeader, captureRawXattrs } from './pax.js';
 
 /** Where a layer goes: the directory written, and the read-only layers below it. */
@@ -97,7 +98,7 @@ export interface ApplyResult extends LayerDigest {
  * The target must not be mounted or otherwise changed while this runs.
  */
 export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, target: LayerTarget, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const applier = new Applier(target, opts);
+  const applier = new Applier(target, opts, useWorker() && (await writersReady()));
   const hash = new StreamHash();
   let compression: Compression = 'none';
   try {

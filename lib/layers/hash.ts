@@ -54,7 +54,7 @@ const pending = new Map<number, Pending>();
 
 const hashWorker = sharedWorker<HashReply>(
   'hash',
-  new URL('./hash-worker.js', import.meta.url),
+  new URL('./hash-worker.cjs', import.meta.url),
   (m) => {
     if ('ab' in m) {
       if (spare.length < SPARE_MAX) spare.push(m.ab);

@@ -16,6 +16,12 @@
  * entry this layer made, hard links, opaque dirs, setting dir times at the
  * end, undo). The threads are writer-worker.ts.
  *
+ * A thread that never starts (its file missing from a build, a load error)
+ * would leave that wait blocked for good, with the error event that says
+ * so queued behind it: so an apply uses the threads only once
+ * {@link writersReady} has seen each of them running, and otherwise makes
+ * its files on the main thread.
+ *
  * Owns the threads and their batches; makes only the files it is handed.
  */
 import { MessageChannel, type MessagePort, type Worker, receiveMessageOnPort } from 'node:worker_threads';
@@ -66,11 +72,21 @@ export interface WriteReply {
 interface Slot {
   worker: Worker;
   port: MessagePort;
+  /** [DONE]: batches finished; [STATE]: STARTING, RUNNING or STOPPED. */
   counter: Int32Array;
   sent: number;
 }
 
+/** Indexes and values of a slot's shared counters (writer-worker.cts sets RUNNING first thing). */
+export const DONE = 0;
+export const STATE = 1;
+export const STARTING = 0;
+export const RUNNING = 1;
+export const STOPPED = 2;
+
 let slots: Slot[] | undefined;
+/** Set once the threads failed to start: this process makes its files on the main thread. */
+let unavailable = false;
 /** Failures reported for each apply (by id), read from the ports by whichever apply drains them. */
 const failures = new Map<number, WriteFailure>();
 let nextId = 1;
@@ -95,13 +111,19 @@ function startSlots(): Slot[] {
   slots = [];
   for (let i = 0; i < WORKERS; i++) {
     const { port1, port2 } = new MessageChannel();
-    const counter = new Int32Array(new SharedArrayBuffer(4));
-    const worker = startWorker(new URL('./writer-worker.js', import.meta.url), { workerData: { port: port2, counter }, transferList: [port2] });
+    const counter = new Int32Array(new SharedArrayBuffer(8));
+    const worker = startWorker(new URL('./writer-worker.cjs', import.meta.url), { workerData: { port: port2, counter }, transferList: [port2] });
     worker.unref();
     port1.unref();
-    worker.on('error', () => {
+    const stopped = (): void => {
+      // Seen by a wait that starts after this; one already blocked is the case writersReady() rules out at start.
+      Atomics.store(counter, STATE, STOPPED);
+      Atomics.notify(counter, STATE);
+      Atomics.notify(counter, DONE);
       slots = undefined;
-    });
+    };
+    worker.on('error', stopped);
+    worker.on('exit', stopped);
     slots.push({ worker, port: port1, counter, sent: 0 });
   }
   return slots;
@@ -117,7 +139,39 @@ function drainReplies(slot: Slot): void {
 }
 
 function done(slot: Slot): number {
-  return Atomics.load(slot.counter, 0);
+  return Atomics.load(slot.counter, DONE);
+}
+
+/** `Atomics.waitAsync` (Node has it; TypeScript's ES2023 library does not declare it). */
+const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
+
+/**
+ * Whether the writer threads run, starting them at the first call: waits
+ * (without blocking the event loop) until each has started or failed to.
+ * After a failure, false for the rest of the process.
+ */
+export async function writersReady(): Promise<boolean> {
+  if (unavailable) return false;
+  const started = startSlots();
+  const states = await Promise.all(
+    started.map(async (slot) => {
+      const waited = waitAsync(slot.counter, STATE, STARTING);
+      if (!waited.async) return Atomics.load(slot.counter, STATE);
+      // The wait alone does not keep the event loop alive; the starting thread does, until it runs.
+      slot.worker.ref();
+      try {
+        await waited.value;
+      } finally {
+        slot.worker.unref();
+      }
+      return Atomics.load(slot.counter, STATE);
+    }),
+  );
+  if (states.every((state) => state === RUNNING)) return true;
+  unavailable = true;
+  for (const slot of started) void slot.worker.terminate();
+  slots = undefined;
+  return false;
 }
 
 /** Blocks until `slot` has at most `ahead` batches unfinished. */
@@ -125,7 +179,8 @@ function waitFor(slot: Slot, ahead: number): void {
   for (;;) {
     const d = done(slot);
     if (slot.sent - d <= ahead) return;
-    Atomics.wait(slot.counter, 0, d, 1000);
+    if (Atomics.load(slot.counter, STATE) === STOPPED) throw new Error('a writer thread of the layer apply stopped; the apply is undone, try it again');
+    Atomics.wait(slot.counter, DONE, d, 1000);
   }
 }
 

@@ -6,7 +6,7 @@
  * the dirs it made and has not handed over; touches nothing else.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { MADE, type PoolData, STOP, TAKEN, makePoolDir, removePoolDir } from './staging-slots.js';
+import { MADE, type PoolData, STOP, TAKEN, makePoolDir, removePoolDir } from './staging-slots.cjs';
 
 const { counters, base, size, umaskClean } = workerData as PoolData;
 const s = new Int32Array(counters);

@@ -12,6 +12,9 @@ import type { WriteFailure, WriteReply, WriteRequest } from './writer.js';
 
 const { port, counter } = workerData as { port: MessagePort; counter: Int32Array };
 const FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+// Counters (writer.ts): [0] batches done, [1] this thread's state, RUNNING (1) from now on.
+Atomics.store(counter, 1, 1);
+Atomics.notify(counter, 1);
 
 port.on('message', (m: WriteRequest) => {
   let failure: WriteFailure | undefined;
