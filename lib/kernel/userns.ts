@@ -16,10 +16,10 @@
  * of mounts or snapshots.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, openSync, readlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, openSync, readlinkSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import createDebug from 'debug';
-import { InvalidArgumentError, UnavailableError, q } from '../model/errors.js';
+import { InvalidArgumentError, UnavailableError } from '../model/errors.js';
 import type { IdExtent, MountIdMapping } from '../model/idmap.js';
 import { errnoOf } from './libc.js';
 
@@ -151,10 +151,7 @@ async function entered(helper: ChildProcess, ours: string, spawnError: () => Err
     const failed = spawnError();
     if (failed !== undefined) {
       if (errnoOf(failed) === 'ENOENT') {
-        throw new UnavailableError(
-          `ID-mapped mounts need a user namespace, made by a helper process running util-linux's \`${UNSHARE}\`, which is not in PATH; install util-linux`,
-          { cause: failed },
-        );
+        throw new UnavailableError(helperMissing('')!, { cause: failed });
       }
       throw new UnavailableError(`cannot start \`${UNSHARE}\` to make a user namespace for an ID-mapped mount: ${failed.message}`, { cause: failed });
     }
@@ -177,7 +174,19 @@ async function entered(helper: ChildProcess, ours: string, spawnError: () => Err
   }
 }
 
-/** For messages: a mapping as its options. */
-export function describeMapping(mapping: MountIdMapping): string {
-  return `uidmap=${q(mapping.uidmap)}, gidmap=${q(mapping.gidmap)}`;
+/**
+ * Why no helper can be started here (no `unshare` executable in PATH), or
+ * undefined when one can. A few stats, nothing spawned.
+ */
+export function helperMissing(path = process.env.PATH ?? ''): string | undefined {
+  for (const dir of path.split(':')) {
+    if (dir === '') continue;
+    try {
+      accessSync(`${dir}/${UNSHARE}`, fsConstants.X_OK);
+      return undefined;
+    } catch {
+      // Not here.
+    }
+  }
+  return `ID-mapped mounts need a user namespace, made by a helper process running util-linux's \`${UNSHARE}\`, which is not in PATH; install util-linux`;
 }

@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import createDebug from 'debug';
 import { UnavailableError, q } from '../../model/errors.js';
 import { errnoOf } from '../libc.js';
+import { kernelAtLeast } from '../release.js';
 import { MS_REC } from './options.js';
 import { type OverlayChoice, mountOverlay, mountOverlayWithApi, splitFlags } from './overlay.js';
 import type { OverlayOption, OverlayPlan } from './overlay-plan.js';
@@ -64,10 +65,8 @@ export function setLayerFdsProbe(value: boolean | undefined): void {
 }
 
 /** overlayfs takes ID-mapped layers from Linux 5.19. */
-function overlayTakesIdmappedLayers(): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(release());
-  const [major, minor] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
-  return major > 5 || (major === 5 && minor >= 19);
+export function overlayTakesIdmappedLayers(): boolean {
+  return kernelAtLeast(5, 19);
 }
 
 /** The UnavailableError of a kernel that would not ID-map a mount, or `err` itself. */
