@@ -8,9 +8,9 @@
  * Pure: checks and resolves options and labels; whether the kernel and
  * the root's filesystem can honour them is the facade's question.
  */
-import { InvalidArgumentError, q } from './errors.js';
+import { InvalidArgumentError, UnavailableError, q } from './errors.js';
 import type { Kind } from './types.js';
-import { checkLabels } from './validate.js';
+import { checkLabels, setLabel } from './validate.js';
 
 /** Marks an active as volatile: `true` or `false`. Set at prepare; `sync()` clears it. */
 export const VOLATILE_LABEL = 'containerd.io/snapshot/overlay-snapshotter.volatile';
@@ -156,4 +156,50 @@ export function refuseFixedLabels(labels: Readonly<Record<string, string>>, wher
  */
 export function changedFixedLabel(before: Readonly<Record<string, string>>, after: Readonly<Record<string, string>>): string | undefined {
   return FIXED_LABELS.find((key) => (Object.hasOwn(before, key) ? before[key] : undefined) !== (Object.hasOwn(after, key) ? after[key] : undefined));
+}
+
+/** The labels of an update, refused when they would add, change or remove a label that only prepare sets. */
+export function keepFixed(current: Readonly<Record<string, string>>, next: Record<string, string>): Record<string, string> {
+  const changed = changedFixedLabel(current, next);
+  if (changed !== undefined) {
+    const way = changed === VOLATILE_LABEL ? ' (sync() makes a volatile snapshot durable and clears it)' : '';
+    throw new InvalidArgumentError(`label ${q(changed)} is set by prepare and cannot be added, changed or removed by update${way}`);
+  }
+  return next;
+}
+
+/** A copy of `labels` without `key`. */
+export function withoutLabel(labels: Readonly<Record<string, string>>, key: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels)) if (k !== key) setLabel(out, k, v);
+  return out;
+}
+
+/** What the kernel and the root offer a new active (a subset of the capabilities). */
+export interface CreateSupport {
+  readonly kernelRelease: string;
+  readonly volatileOverlay: boolean | null;
+  readonly projectQuotasUnavailable: string | null;
+}
+
+/**
+ * The error for what a store with `driver`, on a kernel and root with
+ * `support`, cannot give a new active with `options` (on `parent`, '' for
+ * none); undefined when it can. Asked before anything is made.
+ */
+export function unavailableFor(options: CreateOptions, parent: string, driver: 'overlay' | 'native', support: CreateSupport): Error | undefined {
+  if (options.volatile) {
+    if (driver === 'native') return new UnavailableError("`volatile` is an overlayfs option, and this store uses the native driver, whose mounts are binds; leave it out");
+    if (parent === '') return new InvalidArgumentError('`volatile` needs a parent: a snapshot without one is mounted as a bind, which has no overlay to make volatile');
+    if (support.volatileOverlay === false) {
+      return new UnavailableError(`\`volatile\` needs overlayfs' volatile option (Linux 5.10+), which this kernel (${support.kernelRelease}) lacks; leave it out`);
+    }
+  }
+  if (options.quota === undefined) return undefined;
+  const missing = support.projectQuotasUnavailable;
+  return new UnavailableError(
+    missing !== null
+      ? `\`quota\` needs project quotas on the root's filesystem, and ${missing}`
+      : '`quota`: project quotas are on for the root\'s filesystem, but this version does not set them yet (docs/capabilities.md, "Size and inode quotas"); leave it out',
+  );
 }
