@@ -2,8 +2,9 @@
  * W8, mount: `prepare` + real `mountAll` + `unmountAll` + `remove` of a
  * container on a 20-layer parent, 200 cycles (root only), then the same
  * with volatile containers (`prepare(..., { volatile: true })`: overlayfs
- * skips the sync of the upper at unmount), interleaved run by run. Reports
- * cycles/s and the median time of each step of both.
+ * skips the sync of the upper at unmount), and both again with containers
+ * that write 1 MiB (16 files of 64 KiB) before they stop, interleaved run
+ * by run. Reports cycles/s and the median time of each step of each.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -17,9 +18,12 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
     return { id: 'W8', name: 'mount', size: { cycles, layers: 20 }, runs: 0, metrics: [], skipped: 'needs root (real mounts)' };
   }
   const variants = [
-    { id: 'W8', what: '', options: undefined },
-    { id: 'W8v', what: ', volatile', options: { volatile: true } },
+    { what: '', options: undefined, writes: false },
+    { what: ', volatile', options: { volatile: true }, writes: false },
+    { what: ', writing 1 MiB', options: undefined, writes: true },
+    { what: ', volatile, writing 1 MiB', options: { volatile: true }, writes: true },
   ] as const;
+  const chunk = Buffer.alloc(64 * 1024, 0x77);
   const results = variants.map(() => ({ throughput: [] as number[], prepare: [] as number[], mount: [] as number[], unmount: [] as number[], remove: [] as number[] }));
   for (let run = 0; run < ctx.runs; run++) {
     const root = freshRoot(ctx, 'w8');
@@ -43,6 +47,10 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
           await mountAll(mounts, target);
           t = performance.now();
           times?.[1]!.push(t - u);
+          if (variant.writes) {
+            for (let f = 0; f < 16; f++) writeFileSync(`${target}/data-${f}`, chunk);
+            t = performance.now();
+          }
           await unmountAll(target);
           u = performance.now();
           times?.[2]!.push(u - t);
@@ -70,7 +78,13 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
     }
   }
   const ms = (id: string, label: string, samples: number[]) => metric(ctx, { id, label, unit: 'ms', samples, higherIsBetter: false });
-  const [plain, volatile] = results as [(typeof results)[0], (typeof results)[0]];
+  const [plain, volatile, writing, volatileWriting] = results as [(typeof results)[0], (typeof results)[0], (typeof results)[0], (typeof results)[0]];
+  const steps = (id: string, label: string, r: (typeof results)[0]) => [
+    ms(`${id}.prepare`, `${label}prepare (median cycle)`, r.prepare),
+    ms(`${id}.mount`, `${label}mount (median cycle)`, r.mount),
+    ms(`${id}.unmount`, `${label}unmount (median cycle)`, r.unmount),
+    ms(`${id}.remove`, `${label}remove (median cycle)`, r.remove),
+  ];
   return {
     id: 'W8',
     name: 'mount',
@@ -78,15 +92,13 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
     runs: ctx.runs,
     metrics: [
       metric(ctx, { id: 'W8.cycles', label: 'cycles/s (20-layer overlay)', unit: 'ops/s', samples: plain.throughput, containerd: 563, goal: { cmp: '>=', value: 1100 } }),
-      ms('W8.prepare', 'prepare (median cycle)', plain.prepare),
-      ms('W8.mount', 'mount (median cycle)', plain.mount),
-      ms('W8.unmount', 'unmount (median cycle)', plain.unmount),
-      ms('W8.remove', 'remove (median cycle)', plain.remove),
+      ...steps('W8', '', plain),
       metric(ctx, { id: 'W8v.cycles', label: 'cycles/s, volatile containers', unit: 'ops/s', samples: volatile.throughput }),
-      ms('W8v.prepare', 'volatile: prepare (median cycle)', volatile.prepare),
-      ms('W8v.mount', 'volatile: mount (median cycle)', volatile.mount),
-      ms('W8v.unmount', 'volatile: unmount (median cycle)', volatile.unmount),
-      ms('W8v.remove', 'volatile: remove (median cycle)', volatile.remove),
+      ...steps('W8v', 'volatile: ', volatile),
+      metric(ctx, { id: 'W8w.cycles', label: 'cycles/s, containers writing 1 MiB', unit: 'ops/s', samples: writing.throughput }),
+      ...steps('W8w', 'writing: ', writing),
+      metric(ctx, { id: 'W8vw.cycles', label: 'cycles/s, volatile containers writing 1 MiB', unit: 'ops/s', samples: volatileWriting.throughput }),
+      ...steps('W8vw', 'volatile, writing: ', volatileWriting),
     ],
   };
 }
