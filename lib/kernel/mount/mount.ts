@@ -1,7 +1,8 @@
 /**
  * mountAll / unmountAll: mount specs onto a target and take them off again.
  * Knows nothing about snapshots beyond the layout of a store's root, which
- * the mount records need (records.ts); see overlay.ts for overlay chains.
+ * the mount records need (records.ts); see overlay.ts for overlay chains
+ * and idmap.ts for ID-mapped binds and layers.
  */
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
