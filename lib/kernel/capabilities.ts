@@ -9,8 +9,9 @@
  * `meta` table under `probe:<kernel release>`; a warm open reads them back
  * with one query and makes no probe. The facts of this process (user
  * namespace, the helper that ID-mapped mounts need in PATH) and of the
- * root's current filesystem (one statfs, one quotactl) are read at every open: they are cheap, and they can differ between two processes
- * sharing a root.
+ * root's current filesystem (one statfs, one quotactl) are read at every
+ * open: they are cheap, and they can differ between two processes sharing
+ * a root.
  *
  * Kernel facts only: the cache is the {@link CapabilityCache} interface that
  * the facade fills with the store's meta table; kernel/ never imports the store.

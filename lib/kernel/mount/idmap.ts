@@ -196,8 +196,19 @@ function mountThroughMountPoints(plan: OverlayPlan, source: string, target: stri
           continue;
         }
       }
-      rmdirSync(point);
+      kept += removeDir(point);
     }
-    if (kept === 0) rmdirSync(dir);
+    if (kept === 0) removeDir(dir);
+  }
+}
+
+/** rmdir(2), never recursive; returns 1 when the dir stays (the failure is logged, not thrown over the mount's own error). */
+function removeDir(dir: string): number {
+  try {
+    rmdirSync(dir);
+    return 0;
+  } catch (err) {
+    debug('could not remove the temporary dir %s: %s', dir, (err as Error).message);
+    return 1;
   }
 }
