@@ -3,7 +3,7 @@
  *
  * overlayfs mounted with `volatile` never syncs the upper, and marks its
  * work dir (`work/work/incompat/volatile`) at mount. The mark stays after
- * the unmount, clean or not (Linux 6.18 as much as 5.10), and the kernel
+ * the unmount, clean or lazy (checked on Linux 6.18), and the kernel
  * refuses every later mount of that upper while it is there: after a crash
  * the upper may have lost what was written. It cannot tell a clean unmount
  * from a crash; we can, because a crash ends the boot. So the snapshot's
