@@ -9,6 +9,7 @@ export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js'
 export type { SnapshotterOptions } from './model/options.js';
 export type { KeepReason, PruneOptions, PruneProgress, PruneReport } from './prune.js';
 export type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './model/types.js';
+export { QUOTA_INODES_LABEL, QUOTA_SIZE_LABEL, VOLATILE_LABEL } from './model/create-options.js';
 export { mountAll, unmountAll } from './kernel/mount/index.js';
 export { probeCapabilities } from './kernel/capabilities.js';
 export type { Capabilities, CapabilityCache, ProbeCapabilitiesOptions } from './kernel/capabilities.js';

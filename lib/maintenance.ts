@@ -1,6 +1,7 @@
 /**
  * The whole-root calls of the facade: `cleanup()` (and the recovery of
- * `open()`: its sweep, and the refusal to start over on lost metadata),
+ * `open()`: its sweep, the volatile snapshots a crash left untrustworthy,
+ * and the refusal to start over on lost metadata),
  * `check()` and `prune()`. Each holds the store's write lock
  * while it decides (so that no snapshot is created, nor staging dir filled,
  * meanwhile) and does the slow disk work after it: claiming and deleting
@@ -15,11 +16,13 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
 import { livePoolDirs, STAGING_PREFIX } from './disk/staging.js';
-import { TRASH_PREFIX, Trash, deleteTrees } from './disk/trash.js';
+import { TRASH_PREFIX, Trash, deleteSnapshotDir, deleteTrees } from './disk/trash.js';
 import { diskUsage } from './disk/usage.js';
+import { lostInReboot, volatileState } from './disk/volatile.js';
 import { isAlive, selfTag } from './kernel/liveness.js';
 import { snapshotMounts } from './kernel/mount/in-use.js';
-import { UnavailableError } from './model/errors.js';
+import { VOLATILE_LABEL } from './model/create-options.js';
+import { FailedPreconditionError, UnavailableError } from './model/errors.js';
 import { parseFilters } from './model/filters.js';
 import { type SpecSettings, snapshotDir } from './model/specs.js';
 import type { Driver } from './model/types.js';
@@ -171,6 +174,46 @@ export function refuseSilentReset(snapshotsDir: string, file: string): void {
       `metadata store ${file} is empty but ${snapshotsDir} holds ${ids.length} snapshot director${ids.length === 1 ? 'y' : 'ies'}; restore metadata.db from a backup, or move the snapshots away to start afresh`,
     );
   }
+}
+
+/** Volatile actives, found through the labels index. */
+const VOLATILE = parseFilters([`kind==active,labels."${VOLATILE_LABEL}"==true`]);
+
+/**
+ * The recovery of open() for volatile actives: one whose upper was mounted
+ * when the machine last went down (the kernel's mark from another boot,
+ * disk/volatile.ts) lost what overlayfs never synced, and the kernel will
+ * not mount it again, so it is removed, as the crash has already lost it.
+ * Returns the keys removed. A snapshot mounted now (in this boot) is never
+ * one of them.
+ */
+export async function recoverVolatile(r: Root): Promise<string[]> {
+  const lost: string[] = [];
+  const dirs: string[] = [];
+  for (const rec of r.store.walk(VOLATILE)) {
+    const dir = snapshotDir(r.settings, rec.id);
+    if (!lostInReboot(volatileState(dir))) continue;
+    try {
+      r.store.remove(rec.key, (row) => {
+        if (row.id !== rec.id) throw new FailedPreconditionError(`snapshot ${rec.key} was replaced meanwhile`);
+        const at = snapshotMounts(r.settings.snapshotsDir, row.id).get(row.id);
+        if (at !== undefined) throw new FailedPreconditionError(`snapshot ${rec.key} is mounted at ${at.join(', ')}`);
+      });
+    } catch (err) {
+      debug('volatile %s lost in a reboot, but kept: %s', rec.key, (err as Error).message);
+      continue;
+    }
+    lost.push(rec.key);
+    dirs.push(dir);
+  }
+  if (lost.length === 0) return lost;
+  await r.store.durable();
+  for (const dir of dirs) {
+    // The record is gone: a dir that cannot be deleted now is an orphan for cleanup().
+    await deleteSnapshotDir(dir).catch((err: Error) => debug('could not delete %s, left for cleanup: %s', dir, err.message));
+  }
+  debug('open %s: removed volatile snapshots whose upper was in use when the machine went down: %o', r.root, lost);
+  return lost;
 }
 
 /** Meta key of the prune lock: who runs a prune, and which ids it is deleting. */

@@ -6,6 +6,11 @@
  * (model/). The whole-root calls (cleanup, check, prune) are carried out by
  * maintenance.ts. Nothing below imports this module; lib/index.ts exports
  * it, and cli/, layers/ (through an interface) and images/ use it from there.
+ *
+ * It runs past 600 lines because each public call carries its TSDoc (the
+ * API's reference: errors in the order they are checked) and the order of
+ * its steps; what a step does lives below (the volatile, quota and ID-map
+ * rules in model/ and disk/volatile.ts).
  */
 import { chmodSync, lchownSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -16,16 +21,18 @@ import { copyTree } from './disk/native.js';
 import { STAGING_PREFIX, StagingPool, moveIntoPlace } from './disk/staging.js';
 import { deleteSnapshotDir } from './disk/trash.js';
 import { diskUsage } from './disk/usage.js';
+import { checkSyncable, forgetVolatile, readyVolatile, stampBoot } from './disk/volatile.js';
 import { type Capabilities, probeCapabilities } from './kernel/capabilities.js';
 import { fault } from './kernel/faults.js';
 import { errnoOf } from './kernel/libc.js';
 import { unmountAll } from './kernel/mount/index.js';
 import { snapshotMounts } from './kernel/mount/in-use.js';
 import { syncFilesystem } from './kernel/syncfs.js';
-import { type CheckReport, type CleanupReport, DECIMAL_ID, type Root, check, prune, refuseSilentReset, sweep } from './maintenance.js';
+import { type CheckReport, type CleanupReport, DECIMAL_ID, type Root, check, prune, recoverVolatile, refuseSilentReset, sweep } from './maintenance.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError, q } from './model/errors.js';
 import { parseFilters } from './model/filters.js';
-import { GID_MAPPING_LABEL, UID_MAPPING_LABEL, mappedOwner } from './model/idmap.js';
+import { VOLATILE_LABEL, checkCreateOptions, keepFixed, refuseFixedLabels, unavailableFor, withoutLabel } from './model/create-options.js';
+import { idmapOptions, mappedOwner } from './model/idmap.js';
 import { type ResolvedOptions, type SnapshotterOptions, resolveOptions } from './model/options.js';
 import type { Record_ } from './model/record.js';
 import { type SpecSettings, buildMounts, fsDir, overlayOptions, snapshotDir } from './model/specs.js';
@@ -107,6 +114,17 @@ export class Snapshotter {
   readonly driver: Driver;
   /** Why the store has {@link driver}: given at creation, chosen from the root's capabilities, or read from older data. */
   readonly driverReason: string;
+
+  private lostAtOpen: readonly string[] = [];
+  /**
+   * The keys of volatile actives that {@link open} removed because their
+   * upper was mounted when the machine last went down (a crash or a
+   * reboot): overlayfs never synced it, so its data cannot be trusted, and
+   * the kernel would not mount it again. Empty when there were none.
+   */
+  get volatileLost(): readonly string[] {
+    return this.lostAtOpen;
+  }
 
   private constructor(root: string, options: ResolvedOptions, store: Store, settings: SpecSettings, umaskClean: boolean, capabilities: Capabilities, driver: DriverRecord) {
     this.root = root;
@@ -192,6 +210,7 @@ export class Snapshotter {
       // cleanups go now; removed snapshots' dirs stay for cleanup().
       const recovered = await sweep(sn.maintained, (name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
       if (recovered.removed.length > 0) debug('open %s: removed crash leftovers %o', abs, recovered.removed);
+      sn.lostAtOpen = await recoverVolatile(sn.maintained);
       debug('opened %s (options %o, overlay options %o)', abs, resolved, settings.overlayOptions);
       return sn;
     } catch (err) {
@@ -245,7 +264,7 @@ export class Snapshotter {
           for (const [k, v] of Object.entries(labels)) if (v !== '') setLabel(out, k, v);
           return out;
         };
-        if (fieldpaths.length === 0) return dropEmpty(incoming);
+        if (fieldpaths.length === 0) return keepFixed(current, dropEmpty(incoming));
         let next = { ...current };
         for (const path of fieldpaths) {
           if (path === 'labels') {
@@ -260,7 +279,7 @@ export class Snapshotter {
             setLabel(next, k, v);
           }
         }
-        return next;
+        return keepFixed(current, next);
       },
       Date.now(),
     );
@@ -306,17 +325,34 @@ export class Snapshotter {
     if (row.kind === 'committed') {
       throw new FailedPreconditionError(`snapshot ${q(key)} is committed and has no mounts; prepare or view an active snapshot on it instead`);
     }
-    const idmap = this.options.remapIds ? this.idmapOptions(this.store.record(key)?.labels ?? {}) : [];
-    return buildMounts(this.settings, row.kind, row.id, chain, idmap);
+    // Labels only where they change the spec: ID maps, or a volatile overlay.
+    const overlayActive = row.kind === 'active' && chain.length > 0 && this.settings.driver === 'overlay';
+    const labels = this.options.remapIds || overlayActive ? (this.store.record(key)?.labels ?? {}) : undefined;
+    const idmap = this.options.remapIds ? idmapOptions(labels!) : [];
+    const volatile = overlayActive && labels![VOLATILE_LABEL] === 'true';
+    if (volatile) readyVolatile(key, snapshotDir(this.settings, row.id), () => snapshotMounts(this.snapshotsDir, row.id).has(row.id));
+    return buildMounts(this.settings, row.kind, row.id, chain, idmap, volatile);
   }
 
   /**
    * Creates the active snapshot `key` on the committed `parent` (or empty)
    * and returns its mounts.
+   *
+   * With `volatile` (or the label `containerd.io/snapshot/overlay-snapshotter.volatile`
+   * = `true`) its overlay skips every sync of the upper dir, the one at
+   * unmount included; it cannot be committed until {@link sync} has made it
+   * durable, and {@link open} removes it when the machine went down while
+   * it was mounted. `quota` (or the `...quota.size` / `...quota.inodes`
+   * labels) bounds what it may hold; see docs/capabilities.md.
    * @throws AlreadyExistsError when `key` is taken.
    * @throws NotFoundError when `parent` does not exist.
    * @throws InvalidArgumentError when `parent` is not committed, or for an
-   *   empty key, bad labels or a bad ID-mapping label.
+   *   empty key, bad labels, a bad ID-mapping label, a bad `volatile` or
+   *   `quota`, or `volatile` without a parent (the mount is then a bind).
+   * @throws UnavailableError for `volatile` where the kernel's overlayfs
+   *   lacks it or the store's driver is native, and for `quota` (project
+   *   quotas: refused in this version, with what the root lacks); nothing
+   *   is created then.
    */
   async prepare(key: string, parent?: string, opts?: SnapshotOptions): Promise<Mount[]> {
     return this.create('active', key, parent, opts);
@@ -338,7 +374,10 @@ export class Snapshotter {
     this.ensureOpen();
     checkKey(key, 'key');
     const parentKey = checkParent(parent);
-    const labels = checkSnapshotOptions(opts);
+    const options = checkCreateOptions(kind, opts);
+    const unavailable = unavailableFor(options, parentKey, this.driver, this.capabilities);
+    if (unavailable !== undefined) throw unavailable;
+    const { labels, volatile } = options;
     let owner: { uid: number; gid: number } | undefined;
     let lateError: Error | undefined;
     try {
@@ -388,6 +427,7 @@ export class Snapshotter {
               stage(chain);
             }
             own(chain, staging!);
+            if (volatile) stampBoot(staging!);
             fault('create:after-staging');
           },
           place: (id, chain) => {
@@ -400,6 +440,7 @@ export class Snapshotter {
               // version's cleanup): stage afresh.
               if (errnoOf(err) !== 'ENOENT' || !fromPool) throw err;
               own(chain, stage(chain));
+              if (volatile) stampBoot(staging!);
               moveIntoPlace(staging!, dir);
             }
             target = dir;
@@ -414,8 +455,8 @@ export class Snapshotter {
       throw err;
     }
     this.store.durableNow();
-    const idmap = this.options.remapIds ? this.idmapOptions(labels) : [];
-    return buildMounts(this.settings, kind, created.id, created.chain, idmap);
+    const idmap = this.options.remapIds ? idmapOptions(labels) : [];
+    return buildMounts(this.settings, kind, created.id, created.chain, idmap, volatile);
   }
 
   private statParentFs(id: number, parent: string): { uid: number; gid: number } {
@@ -436,14 +477,21 @@ export class Snapshotter {
    * measured and stored. Labels are those passed here, not the active's.
    * @throws AlreadyExistsError when `name` is taken (checked first).
    * @throws NotFoundError when `key` does not exist.
-   * @throws FailedPreconditionError when `key` is a view or committed.
+   * @throws FailedPreconditionError when `key` is a view or committed, or
+   *   volatile and not yet made durable by {@link sync}.
    */
   async commit(name: string, key: string, opts?: SnapshotOptions): Promise<void> {
     this.ensureOpen();
     checkKey(name, 'name');
     checkKey(key, 'key');
     const labels = checkSnapshotOptions(opts);
+    refuseFixedLabels(labels, 'a commit');
     const row = this.store.checkCommit(name, key);
+    if (this.store.record(key)?.labels[VOLATILE_LABEL] === 'true') {
+      throw new FailedPreconditionError(
+        `cannot commit volatile snapshot ${q(key)}: its data was never made durable (overlayfs skipped every sync of its upper); call sync(${JSON.stringify(key)}) first, once it is unmounted`,
+      );
+    }
     // The usage walk and the sync are slow disk work: done outside the write transaction.
     const upper = fsDir(this.settings, row.id);
     let usage: Usage;
@@ -462,6 +510,40 @@ export class Snapshotter {
     fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
     fault('commit:after-transaction');
+    this.store.durableNow();
+  }
+
+  /**
+   * Makes the data of the active snapshot `key` durable: one `syncfs` of
+   * its upper dir's filesystem. For a volatile snapshot (see
+   * {@link prepare}) it also clears the volatile mark, so that it can be
+   * committed, and the kernel's mark of its earlier mounts, so that it can
+   * be mounted again (its mounts are then ordinary, synced ones).
+   * @throws NotFoundError when `key` does not exist.
+   * @throws FailedPreconditionError when `key` is not active; for a
+   *   volatile one, when it is mounted (the mount would go on skipping
+   *   syncs) or its upper was mounted when the machine last went down.
+   */
+  async sync(key: string): Promise<void> {
+    this.ensureOpen();
+    checkKey(key, 'key');
+    const rec = this.store.record(key);
+    if (rec === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
+    if (rec.kind !== 'active') throw new FailedPreconditionError(`cannot sync ${q(key)}: it is ${rec.kind === 'view' ? 'a view' : 'committed'}, and only an active snapshot has an upper to sync`);
+    const dir = snapshotDir(this.settings, rec.id);
+    const volatile = rec.labels[VOLATILE_LABEL] === 'true';
+    if (volatile) checkSyncable(key, dir, snapshotMounts(this.snapshotsDir, rec.id).get(rec.id));
+    const upper = fsDir(this.settings, rec.id);
+    try {
+      syncFilesystem(upper);
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') throw err;
+      if (this.store.get(key)?.id !== rec.id) throw new NotFoundError(`snapshot ${q(key)} not found`);
+      throw this.missingDir(key, upper);
+    }
+    if (!volatile) return;
+    forgetVolatile(dir);
+    this.store.updateLabels(key, (current) => withoutLabel(current, VOLATILE_LABEL), Date.now());
     this.store.durableNow();
   }
 
@@ -589,12 +671,6 @@ export class Snapshotter {
     }
   }
 
-  private idmapOptions(labels: Readonly<Record<string, string>>): string[] {
-    const uid = Object.hasOwn(labels, UID_MAPPING_LABEL) ? labels[UID_MAPPING_LABEL] : undefined;
-    const gid = Object.hasOwn(labels, GID_MAPPING_LABEL) ? labels[GID_MAPPING_LABEL] : undefined;
-    return uid !== undefined && gid !== undefined ? [`uidmap=${uid}`, `gidmap=${gid}`] : [];
-  }
-
   private toInfo(rec: Record_): Info {
     const labels = rec.labels;
     if (this.options.upperdirLabel && rec.kind !== 'committed') setLabel(labels, UPPERDIR_LABEL, fsDir(this.settings, rec.id));
@@ -603,3 +679,4 @@ export class Snapshotter {
     return info;
   }
 }
+

@@ -19,13 +19,14 @@
  * (the caller holds its write lock while claiming).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
 import { rmdir } from 'node:fs/promises';
 import createDebug from 'debug';
 import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
 import { type FaultPoint, fault } from '../kernel/faults.js';
 import { errnoOf } from '../kernel/libc.js';
+import { VOLATILE_BOOT_FILE, VOLATILE_MARK_DIRS } from './volatile.js';
 
 const debug = createDebug('overlay-snapshotter:trash');
 
@@ -203,20 +204,32 @@ export async function deleteSnapshotDir(dir: string): Promise<void> {
     () => true,
     (err: unknown) => errnoOf(err) === 'ENOENT',
   );
-  if (!removeIfEmpty(`${dir}/work`, ['work', 'index'])) await fse.remove(`${dir}/work`);
+  // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
+  if (!removeIfEmpty(`${dir}/work`, ['work', 'index']) && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK)) await fse.remove(`${dir}/work`);
   fault('remove:mid-delete');
   if (!(await fsGone)) await fse.remove(`${dir}/fs`);
-  if (!removeIfEmpty(dir, [])) await fse.remove(dir);
+  if (!removeIfEmpty(dir, []) && !removeIfEmpty(dir, [], [VOLATILE_BOOT_FILE])) await fse.remove(dir);
 }
+
+/** What a volatile mount leaves in a work dir, innermost first, then its usual empty dirs. */
+const VOLATILE_WORK = [...VOLATILE_MARK_DIRS, 'work', 'index'];
 
 /**
  * Deletes `dir` when it holds nothing but the empty subdirectories
- * `children` (a snapshot nothing was written to) with rmdir(2) alone, and
+ * `children` (a snapshot nothing was written to), and the files `files`,
+ * with rmdir(2) and unlink(2) alone, and
  * returns true; false when anything else is there, for the caller's
  * recursive removal, which costs thread-pool round trips per entry.
  */
-function removeIfEmpty(dir: string, children: readonly string[]): boolean {
+function removeIfEmpty(dir: string, children: readonly string[], files: readonly string[] = []): boolean {
   try {
+    for (const file of files) {
+      try {
+        unlinkSync(`${dir}/${file}`);
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') return false;
+      }
+    }
     for (const child of children) {
       try {
         rmdirSync(`${dir}/${child}`);

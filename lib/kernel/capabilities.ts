@@ -1,5 +1,6 @@
 /**
- * What the kernel and the root's filesystem can do for overlay snapshots,
+ * What the kernel and the root's filesystem can do for overlay snapshots
+ * (and for ID-mapped, volatile and quota-bound ones),
  * as one documented object (docs/capabilities.md).
  *
  * The facts that take files, mounts or syscalls to learn (d_type, the
@@ -7,9 +8,10 @@
  * probed once per root and kernel release and kept in the metadata store's
  * `meta` table under `probe:<kernel release>`; a warm open reads them back
  * with one query and makes no probe. The facts of this process (user
- * namespace) and of the root's current filesystem (one statfs) are read at
- * every open: they are cheap, and they can differ between two processes
- * sharing a root.
+ * namespace, the helper that ID-mapped mounts need in PATH) and of the
+ * root's current filesystem (one statfs, one quotactl) are read at every
+ * open: they are cheap, and they can differ between two processes sharing
+ * a root.
  *
  * Kernel facts only: the cache is the {@link CapabilityCache} interface that
  * the facade fills with the store's meta table; kernel/ never imports the store.
@@ -17,6 +19,9 @@
 import { release } from 'node:os';
 import createDebug from 'debug';
 import { STRATEGY_ENV } from './mount/index.js';
+import { probeLayerFds } from './mount/idmap.js';
+import { probeProjectQuotas } from './quota.js';
+import { helperMissing } from './userns.js';
 import type { Driver } from '../model/types.js';
 import {
   AUFS_SUPER_MAGIC,
@@ -32,6 +37,7 @@ import {
   probeIdmappedMounts,
   probeLowerdirPlus,
   probeOverlayMount,
+  probeVolatileOverlay,
   supportsDType,
   supportsUserXattrs,
 } from './probe.js';
@@ -91,6 +97,34 @@ export interface Capabilities {
   /** The kernel can make ID-mapped mounts (`mount_setattr` with `MOUNT_ATTR_IDMAP`, 5.12+); `null`: may not mount. */
   readonly idmappedMounts: boolean | null;
   /**
+   * `mountAll` can mount specs with `uidmap=`/`gidmap=` here: the kernel
+   * makes ID-mapped mounts, overlayfs takes them as layers (5.19+), and
+   * util-linux's `unshare` is in PATH to make the user namespace. `null`:
+   * this process may not mount. Whether the root's filesystem allows
+   * ID-mapped mounts is learnt at the first mount (ext4, xfs, btrfs do).
+   */
+  readonly idmappedLayers: boolean | null;
+  /** Why {@link idmappedLayers} is not `true`, naming what is missing; `null` when it is. */
+  readonly idmappedLayersUnavailable: string | null;
+  /**
+   * overlayfs takes ID-mapped layers by descriptor (`fsconfig(FSCONFIG_SET_FD,
+   * "lowerdir+")`, 6.13+): `mountAll` then needs no temporary mount points
+   * for them. `null`: may not open a filesystem context.
+   */
+  readonly idmappedLayerFds: boolean | null;
+  /** overlayfs takes the `volatile` option (5.10+), which `prepare`'s `volatile` adds; `null`: may not ask. */
+  readonly volatileOverlay: boolean | null;
+  /**
+   * Project quotas are on for the root's filesystem (XFS mounted with
+   * `prjquota`, ext4 with the `project` and `quota` features), asked at
+   * every open. `null`: this process may not ask. `prepare`'s `quota`
+   * needs them, and is refused in this version even where they are on
+   * (docs/capabilities.md, "Size and inode quotas").
+   */
+  readonly projectQuotas: boolean | null;
+  /** Why {@link projectQuotas} is not `true`, naming what is missing; `null` when it is. */
+  readonly projectQuotasUnavailable: string | null;
+  /**
    * Why the overlay driver cannot use this root, as the message of the
    * UnavailableError that `open` throws for `driver: 'overlay'`; `null`
    * when it can.
@@ -131,6 +165,8 @@ interface Probed {
   metacopyDefault: boolean | null;
   lowerdirPlus: boolean | null;
   idmappedMounts: boolean | null;
+  idmappedLayerFds: boolean | null;
+  volatileOverlay: boolean | null;
 }
 
 const PROBED_KEYS = [
@@ -146,6 +182,8 @@ const PROBED_KEYS = [
   'metacopyDefault',
   'lowerdirPlus',
   'idmappedMounts',
+  'idmappedLayerFds',
+  'volatileOverlay',
 ] as const;
 
 /** The meta key of a kernel release's probe results. */
@@ -198,6 +236,8 @@ async function probe(root: string, rootOnOverlay: boolean, userNamespace: boolea
   }
   const lowerdirPlus = probeLowerdirPlus();
   const idmappedMounts = probeIdmappedMounts();
+  const idmappedLayerFds = probeLayerFds();
+  const volatileOverlay = probeVolatileOverlay();
   // Read last: the mount attempts above load the overlay module where it can be loaded.
   const index = overlayParameter('index');
   const redirectDir = overlayParameter('redirect_dir');
@@ -216,6 +256,8 @@ async function probe(root: string, rootOnOverlay: boolean, userNamespace: boolea
     metacopyDefault: metacopy ?? null,
     lowerdirPlus,
     idmappedMounts,
+    idmappedLayerFds,
+    volatileOverlay,
   };
 }
 
@@ -276,6 +318,15 @@ function defaultDriver(fsType: number, fsName: string, hard: Obstacle | undefine
   return { driver: 'overlay', reason: `overlay runs here: the root is on ${fsName}, which records d_type, and an overlay with two lower dirs was mounted under it` };
 }
 
+/** Whether mountAll can ID-map layers here, and why not (the first thing missing). */
+function idmappedLayers(p: Probed, kernelRelease: string): { value: boolean | null; reason: string | null } {
+  if (p.idmappedMounts === null) return { value: null, reason: 'this process may not mount, so it cannot make ID-mapped mounts' };
+  if (!p.idmappedMounts) return { value: false, reason: `the kernel makes no ID-mapped mounts (mount_setattr with MOUNT_ATTR_IDMAP, Linux 5.12+); this is ${kernelRelease}` };
+  if (!kernelAtLeast(5, 19, kernelRelease)) return { value: false, reason: `overlayfs takes ID-mapped layers from Linux 5.19; this is ${kernelRelease}` };
+  const missing = helperMissing();
+  return missing === undefined ? { value: true, reason: null } : { value: false, reason: missing };
+}
+
 /** Options of {@link probeCapabilities}. */
 export interface ProbeCapabilitiesOptions {
   /** Read and keep the probed facts here (Snapshotter.open passes its metadata store). */
@@ -311,6 +362,9 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
   }
   const hard = hardObstacle(root, fsName, probed);
   const choice = defaultDriver(fsType, fsName, hard, probed);
+  const idmap = idmappedLayers(probed, kernelRelease);
+  // The root's mount options decide, and a remount changes them: asked at every open (one syscall).
+  const quotas = probeProjectQuotas(root, fsName);
   debug('a new store at %s would use %s', root, choice.reason);
   return Object.freeze({
     kernelRelease,
@@ -329,6 +383,12 @@ export async function probeCapabilities(root: string, options: ProbeCapabilities
     userNamespace,
     userxattrNeeded: needsUserxattr(userNamespace, probed.userXattrs, kernelRelease),
     idmappedMounts: probed.idmappedMounts,
+    idmappedLayers: idmap.value,
+    idmappedLayersUnavailable: idmap.reason,
+    idmappedLayerFds: probed.idmappedLayerFds,
+    volatileOverlay: probed.volatileOverlay,
+    projectQuotas: quotas.available,
+    projectQuotasUnavailable: quotas.reason,
     overlayUnavailable: unavailableReason(hard),
     defaultDriver: choice.driver,
     defaultDriverReason: choice.reason,

@@ -5,6 +5,9 @@
  * the staging pool's dirs are tagged with both, so that what a crashed
  * process left behind is recognised as such.
  *
+ * The boot id does the same for a boot: it tells what an earlier boot left
+ * (volatile uppers, disk/volatile.ts) from what this one made.
+ *
  * Reads /proc only; owns no state but this process's own tag.
  */
 import { readFileSync } from 'node:fs';
@@ -30,4 +33,16 @@ let self: { pid: number; start: string | undefined } | undefined;
 export function selfTag(): { pid: number; start: string | undefined } {
   self ??= { pid: process.pid, start: processStart(process.pid) };
   return self;
+}
+
+let boot: string | undefined;
+
+/**
+ * This boot's id (`/proc/sys/kernel/random/boot_id`): it changes at every
+ * boot, so what was written in another boot, before a crash or a reboot,
+ * is told from what this one wrote. Read once.
+ */
+export function bootId(): string {
+  boot ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  return boot;
 }

@@ -15,7 +15,8 @@ import { v4 as uuidv4 } from 'uuid';
 import { libc } from './libc.js';
 import { lsetxattr } from './xattr.js';
 import { mountAll, unmountAll } from './mount/index.js';
-import { FSOPEN_CLOEXEC, close, fsconfigString, fsopen } from './mount/syscalls.js';
+import { FSOPEN_CLOEXEC, close, fsconfigFlag, fsconfigString, fsopen } from './mount/syscalls.js';
+import { kernelAtLeast } from './release.js';
 
 const debug = createDebug('overlay-snapshotter:probe');
 
@@ -194,17 +195,7 @@ export function overlayParameter(name: 'index' | 'redirect_dir' | 'metacopy' | '
   return undefined;
 }
 
-/** `[major, minor]` of a kernel release string such as `6.8.0-45-generic`; `[0, 0]` if it does not parse. */
-export function kernelVersion(rel = release()): [number, number] {
-  const m = /^(\d+)\.(\d+)/.exec(rel);
-  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
-}
-
-/** True when the running kernel is at least `major.minor`. */
-export function kernelAtLeast(major: number, minor: number, rel = release()): boolean {
-  const [a, b] = kernelVersion(rel);
-  return a > major || (a === major && b >= minor);
-}
+export { kernelAtLeast, kernelVersion } from './release.js';
 
 /**
  * Whether the kernel accepts overlay lower layers one by one through the
@@ -226,6 +217,40 @@ export function probeLowerdirPlus(): boolean | null {
     return fd < 0 && code === 'EPERM' ? null : false;
   } finally {
     if (fd >= 0) close(fd);
+  }
+}
+
+/**
+ * Whether overlayfs takes the `volatile` option (Linux 5.10+), which skips
+ * every sync of the upper dir. Since 6.5 overlayfs checks each option as
+ * `fsconfig` sets it, so the kernel is asked (an overlay context, the flag
+ * set, nothing mounted); an older one takes any word there, and its
+ * release decides. `null` when this process may not open a filesystem
+ * context (EPERM).
+ */
+export function probeVolatileOverlay(): boolean | null {
+  let fd = -1;
+  try {
+    fd = fsopen('overlay', FSOPEN_CLOEXEC);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? null : kernelAtLeast(5, 10);
+  }
+  try {
+    try {
+      fsconfigFlag(fd, 'overlay-snapshotter-probe', 'probe fsconfig of an unknown overlay option');
+      return kernelAtLeast(5, 10); // taken unchecked: this overlayfs checks options at mount only
+    } catch {
+      // Checked as set: ask about volatile itself.
+    }
+    try {
+      fsconfigFlag(fd, 'volatile', 'probe fsconfig volatile');
+      return true;
+    } catch (err) {
+      debug('volatile probe: %s', (err as Error).message);
+      return false;
+    }
+  } finally {
+    close(fd);
   }
 }
 

@@ -45,10 +45,17 @@ export function workDir(settings: SpecSettings, id: number): string {
 /**
  * The one mount of a snapshot. `parents` are the ids of its parent chain,
  * immediate parent first; `idmap` holds `uidmap=`/`gidmap=` options that
- * come first when ID mapping is on and the labels are present. Hot: every
- * prepare, view and mounts call builds one.
+ * come first when ID mapping is on and the labels are present; `volatile`
+ * adds overlayfs' `volatile` to an active's overlay. Hot: every prepare,
+ * view and mounts call builds one.
+ *
+ * ID maps go on the mounts of committed layers (the lower layers of an
+ * overlay, and the bind of a view of one layer), which hold the ids of
+ * the image unmapped. A snapshot's own dir (an overlay's upper, the bind
+ * of a parentless snapshot) is written by the container with host ids and
+ * owned by the mapped root, so it is not mapped again.
  */
-export function buildMounts(settings: SpecSettings, kind: Kind, id: number, parents: readonly number[], idmap: readonly string[] = []): Mount[] {
+export function buildMounts(settings: SpecSettings, kind: Kind, id: number, parents: readonly number[], idmap: readonly string[] = [], volatile = false): Mount[] {
   if (settings.driver === 'native') {
     // An active's own fs is its whole tree; a view shows its parent's (already merged) tree as it is.
     const source = kind === 'view' && parents.length > 0 ? parents[0]! : id;
@@ -58,7 +65,7 @@ export function buildMounts(settings: SpecSettings, kind: Kind, id: number, pare
     return [{ type: 'bind', source: fsDir(settings, id), options: [kind === 'active' ? 'rw' : 'ro', 'rbind'] }];
   }
   if (kind === 'view' && parents.length === 1) {
-    return [{ type: 'bind', source: fsDir(settings, parents[0]!), options: ['ro', 'rbind'] }];
+    return [{ type: 'bind', source: fsDir(settings, parents[0]!), options: [...idmap, 'ro', 'rbind'] }];
   }
   let lower = 'lowerdir=';
   for (let i = 0; i < parents.length; i++) {
@@ -68,5 +75,6 @@ export function buildMounts(settings: SpecSettings, kind: Kind, id: number, pare
   const options: string[] = [...idmap];
   if (kind === 'active') options.push(`workdir=${workDir(settings, id)}`, `upperdir=${fsDir(settings, id)}`);
   options.push(lower, ...settings.overlayOptions);
+  if (volatile && kind === 'active') options.push('volatile');
   return [{ type: 'overlay', source: 'overlay', options }];
 }

@@ -51,4 +51,23 @@ export interface Mount {
 export interface SnapshotOptions {
   /** Labels to set on the new snapshot. A label whose value is `''` is not stored. */
   labels?: Record<string, string>;
+  /**
+   * `prepare` only: mount the new active's overlay with `volatile`, which
+   * skips every sync of its upper dir (the one at unmount included). It
+   * cannot be committed until `sync(key)` has made it durable, and `open`
+   * removes it when the machine went down while it was mounted. Same as
+   * the label `containerd.io/snapshot/overlay-snapshotter.volatile` =
+   * `'true'`, which it sets. Needs a parent (else the mount is a bind).
+   * @default false
+   */
+  volatile?: boolean;
+  /**
+   * `prepare` only: bound what the new active's upper dir may hold, in
+   * bytes (a number, or a string such as `'512M'` or `'10G'`, powers of
+   * 1024) and in inodes, through project quotas. Same as the labels
+   * `containerd.io/snapshot/overlay-snapshotter.quota.size` and
+   * `.../quota.inodes`. Refused with UnavailableError in this version (see
+   * docs/capabilities.md, "Size and inode quotas").
+   */
+  quota?: { size?: number | string; inodes?: number | string };
 }

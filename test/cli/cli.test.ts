@@ -66,7 +66,7 @@ describe('overlay-snapshotter CLI', () => {
   test('every command has --help with the global options; the program lists them all', async () => {
     const program = createProgram();
     const names = program.commands.map((c) => c.name());
-    const expected = ['ls', 'tree', 'info', 'usage', 'prepare', 'view', 'commit', 'rm', 'label', 'mounts', 'mount', 'unmount', 'apply', 'diff', 'import', 'image', 'cleanup', 'prune', 'check', 'capabilities', 'serve'];
+    const expected = ['ls', 'tree', 'info', 'usage', 'prepare', 'view', 'sync', 'commit', 'rm', 'label', 'mounts', 'mount', 'unmount', 'apply', 'diff', 'import', 'image', 'cleanup', 'prune', 'check', 'capabilities', 'serve'];
     assert.deepEqual(names, expected);
     for (const c of program.commands) {
       const help = c.helpInformation();
@@ -148,6 +148,26 @@ describe('overlay-snapshotter CLI', () => {
         assertOneLineError(takenJson!, 4, /"c1"/);
         assertOneLineError(committed!, 5, /committed/);
         assertOneLineError(hasChildren!, 5, /cannot remove "base": 1 snapshot/);
+      },
+    );
+  });
+
+  test('prepare --volatile makes a volatile container that commit refuses (exit 5) until sync; --quota-size is refused here (exit 6) with the reason', async () => {
+    await withRoot(
+      async (sn) => layer(sn, 'base'),
+      async (root) => {
+        const prep = await cliAt(root, ['--json', 'prepare', 'ctr', 'base', '--volatile']);
+        assert.equal(prep.code, 0, prep.stderr);
+        assert.equal(json<{ mounts: Mount[] }>(prep).mounts[0]!.options.at(-1), 'volatile');
+        assertOneLineError(await cliAt(root, ['commit', 'layer', 'ctr']), 5, /never made durable.*sync/);
+        const synced = await cliAt(root, ['--json', 'sync', 'ctr']);
+        assert.equal(synced.code, 0, synced.stderr);
+        assert.deepEqual(json<{ labels: Record<string, string> }>(synced).labels, {}, 'the volatile label is cleared');
+        assert.equal((await cliAt(root, ['commit', 'layer', 'ctr'])).code, 0);
+        const caps = json<{ projectQuotas: boolean | null }>(await cliAt(root, ['--json', 'capabilities']));
+        const quota = await cliAt(root, ['prepare', 'q', 'base', '--quota-size', '1G', '--quota-inodes', '1000']);
+        assertOneLineError(quota, 6, caps.projectQuotas === true ? /does not set them yet/ : /needs project quotas on the root's filesystem/);
+        assertOneLineError(await cliAt(root, ['prepare', 'q', 'base', '--quota-size', 'lots']), 2, /quota.size/);
       },
     );
   });

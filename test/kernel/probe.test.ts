@@ -23,6 +23,7 @@ import {
   supportsDType,
   supportsUserXattrs,
 } from '../../lib/kernel/probe.js';
+import { helperMissing } from '../../lib/kernel/userns.js';
 import { isMounted, removeTree, tempDir, withSnapshotter } from '../helpers/fixtures.js';
 import { mountTestOptions } from '../helpers/require-mount.js';
 
@@ -114,10 +115,15 @@ describe('capabilities', () => {
         assert.equal(caps.defaultDriverReason, `overlay runs here: the root is on ${caps.rootFilesystem}, which records d_type, and an overlay with two lower dirs was mounted under it`);
       }
       assert.deepEqual(readdirSync(dir), [], 'scratch dirs of the probes are removed');
+      if (kernelAtLeast(5, 19)) assert.equal(caps.idmappedLayers, helperMissing() === undefined, 'ID-mapped layers: 5.19+ and unshare in PATH');
+      assert.equal(caps.idmappedLayersUnavailable === null, caps.idmappedLayers === true, 'a reason exactly when they are not available');
+      assert.equal(caps.idmappedLayerFds, kernelAtLeast(6, 13) ? true : caps.idmappedLayerFds, 'layers by descriptor from 6.13');
+      assert.equal(caps.volatileOverlay, kernelAtLeast(5, 10));
+      assert.equal(caps.projectQuotasUnavailable === null, caps.projectQuotas === true, 'a reason exactly when project quotas are not on');
       assert.deepEqual(Object.keys(caps).sort(), [
-        'cached', 'dType', 'defaultDriver', 'defaultDriverReason', 'idmappedMounts', 'indexDefault', 'indexParameter', 'kernelRelease', 'lowerdirPlus', 'metacopyDefault', 'mountStrategy',
-        'multipleLowerDirs', 'overlay', 'overlayUnavailable', 'redirectDirDefault', 'rootFilesystem', 'rootOnOverlay', 'userNamespace', 'userXattrs',
-        'userxattrNeeded',
+        'cached', 'dType', 'defaultDriver', 'defaultDriverReason', 'idmappedLayerFds', 'idmappedLayers', 'idmappedLayersUnavailable', 'idmappedMounts', 'indexDefault',
+        'indexParameter', 'kernelRelease', 'lowerdirPlus', 'metacopyDefault', 'mountStrategy', 'multipleLowerDirs', 'overlay', 'overlayUnavailable', 'projectQuotas',
+        'projectQuotasUnavailable', 'redirectDirDefault', 'rootFilesystem', 'rootOnOverlay', 'userNamespace', 'userXattrs', 'userxattrNeeded', 'volatileOverlay',
       ]);
     } finally {
       await removeTree(dir);

@@ -96,7 +96,7 @@ function pruneHuman(r: PruneReport, verbose: boolean): string {
 type CapabilitiesJson = Capabilities & { driver: Driver | null; driverReason: string | null };
 
 /** Fields where `null` means "nothing to show" rather than "untested". */
-const NULL_IS_NONE = new Set(['overlayUnavailable', 'driver', 'driverReason']);
+const NULL_IS_NONE = new Set(['overlayUnavailable', 'idmappedLayersUnavailable', 'projectQuotasUnavailable', 'driver', 'driverReason']);
 
 /** Capabilities as `field  value` rows; `null` shown as "untested". */
 function capabilitiesHuman(c: CapabilitiesJson, note: string | undefined): string {

@@ -1,4 +1,4 @@
-/** Commands that make, change and remove snapshots: prepare, view, commit, rm, label. */
+/** Commands that make, change and remove snapshots: prepare, view, commit, sync, rm, label. */
 import type { Command } from 'commander';
 import type { SnapshotOptions } from '../../index.js';
 import { Context } from '../context.js';
@@ -10,15 +10,28 @@ import { MOUNT_COMMAND_HELP, printMounts } from './mounts.js';
 interface CreateOptions {
   label?: Record<string, string>;
   mountCommand?: string | boolean;
+  volatile?: boolean;
+  quotaSize?: string;
+  quotaInodes?: string;
 }
 
 function snapshotOptions(labels: Record<string, string> | undefined): SnapshotOptions | undefined {
   return labels === undefined ? undefined : { labels };
 }
 
+/** prepare's options: labels, and the volatile and quota flags (checked by the library, which names a bad value). */
+function createOptions(opts: CreateOptions): SnapshotOptions | undefined {
+  const out: SnapshotOptions = snapshotOptions(opts.label) ?? {};
+  if (opts.volatile === true) out.volatile = true;
+  if (opts.quotaSize !== undefined || opts.quotaInodes !== undefined) {
+    out.quota = { ...(opts.quotaSize !== undefined && { size: opts.quotaSize }), ...(opts.quotaInodes !== undefined && { inodes: opts.quotaInodes }) };
+  }
+  return Object.keys(out).length === 0 ? undefined : out;
+}
+
 export function registerSnapshots(program: Command): void {
   for (const kind of ['prepare', 'view'] as const) {
-    program
+    const command = program
       .command(kind)
       .description(
         kind === 'prepare'
@@ -28,13 +41,32 @@ export function registerSnapshots(program: Command): void {
       .argument('<key>', 'key of the new snapshot')
       .argument('[parent]', 'name of a committed snapshot')
       .option('--label <key=value>', 'label of the new snapshot; repeatable', collectLabel)
-      .option('--mount-command [target]', MOUNT_COMMAND_HELP)
-      .action(async (key: string, parent: string | undefined, opts: CreateOptions, cmd: Command) => {
-        const ctx = Context.of(cmd);
-        const mounts = await ctx.with((sn) => sn[kind](key, parent, snapshotOptions(opts.label)), { create: true });
-        printMounts(ctx, key, mounts, opts.mountCommand);
-      });
+      .option('--mount-command [target]', MOUNT_COMMAND_HELP);
+    if (kind === 'prepare') {
+      command
+        .option('--volatile', 'mount its overlay with volatile: no syncs of the upper; commit needs `sync` first')
+        .option('--quota-size <bytes>', 'bound its upper dir to this size (e.g. 10G) with project quotas')
+        .option('--quota-inodes <count>', 'bound its upper dir to this many inodes with project quotas');
+    }
+    command.action(async (key: string, parent: string | undefined, opts: CreateOptions, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const mounts = await ctx.with((sn) => sn[kind](key, parent, kind === 'prepare' ? createOptions(opts) : snapshotOptions(opts.label)), { create: true });
+      printMounts(ctx, key, mounts, opts.mountCommand);
+    });
   }
+
+  program
+    .command('sync')
+    .description('make the data of the active snapshot KEY durable; a volatile one can then be committed')
+    .argument('<key>', 'key of an active snapshot')
+    .action(async (key: string, _opts: unknown, cmd: Command) => {
+      const ctx = Context.of(cmd);
+      const info = await ctx.with(async (sn) => {
+        await sn.sync(key);
+        return sn.stat(key);
+      });
+      ctx.output(infoJson(info), () => '');
+    });
 
   program
     .command('commit')

@@ -1,14 +1,19 @@
 /**
  * mountAll / unmountAll: mount specs onto a target and take them off again.
  * Knows nothing about snapshots beyond the layout of a store's root, which
- * the mount records need (records.ts); see overlay.ts for overlay chains.
+ * the mount records need (records.ts); see overlay.ts for overlay chains
+ * and idmap.ts for ID-mapped binds and layers.
  */
+import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import createDebug from 'debug';
-import { InvalidArgumentError, UnavailableError, q } from '../../model/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, UnavailableError, q } from '../../model/errors.js';
+import { type MountIdMapping, takeIdMapping } from '../../model/idmap.js';
 import type { Mount } from '../../model/types.js';
+import { acquireUserNamespace } from '../userns.js';
+import { mountIdmappedBind, mountIdmappedOverlay } from './idmap.js';
 import { MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, PER_MOUNT_FLAGS, parseMountOptions, type ParsedMountOptions } from './options.js';
 import { type OverlayChoice, type OverlayStrategy, chooseOverlayStrategy, mountOverlay } from './overlay.js';
 import { type OverlayPlan, overlayPaths, planOverlay } from './overlay-plan.js';
@@ -61,6 +66,8 @@ interface Planned {
   spec: Mount;
   parsed: ParsedMountOptions;
   overlay?: OverlayPlan;
+  /** The spec's `uidmap=`/`gidmap=`, taken out of its data: an ID-mapped bind, or an overlay with ID-mapped layers. */
+  idmap?: MountIdMapping;
 }
 
 /**
@@ -82,11 +89,24 @@ interface Planned {
  * table will not show which snapshots it uses; {@link unmountAll} deletes
  * the record (records.ts, docs/reliability.md).
  *
+ * A bind or overlay spec with `uidmap=`/`gidmap=` options (as the
+ * snapshotter's `remapIds` makes them) is ID-mapped as containerd's mount
+ * package does it: a user namespace with those maps (made by a
+ * short-lived helper process, kernel/userns.ts), the bind's source or each
+ * lower layer cloned and ID-mapped through it, the overlay built over those
+ * (idmap.ts). Such an overlay is recorded as above: the mount table does
+ * not name its layers.
+ *
  * @throws InvalidArgumentError before anything is mounted, for a malformed
- *   spec or option, or an overlay chain deeper than the kernel's limit.
- * @throws UnavailableError for ID-mapped specs (`uidmap=`/`gidmap=`), which
- *   this function cannot mount, and when a mount record cannot be written
- *   (nothing is mounted then).
+ *   spec, option or ID map, or an overlay chain deeper than the kernel's limit.
+ * @throws UnavailableError when a mount record cannot be written (nothing
+ *   is mounted then), and for an ID-mapped spec the kernel cannot make here
+ *   (the message names what is missing: `unshare`, user namespaces, Linux
+ *   5.12 for ID-mapped mounts, 5.19 for ID-mapped overlay layers, a
+ *   filesystem that allows them), or of a type other than bind and overlay.
+ * @throws FailedPreconditionError for an overlay whose work dir holds the
+ *   kernel's mark of an earlier volatile mount, which the kernel refuses
+ *   to mount again.
  */
 export async function mountAll(mounts: Mount[], target: string, opts?: MountAllOptions): Promise<void> {
   const strategy = checkOptions(opts);
@@ -145,14 +165,20 @@ function planMount(spec: Mount, index: number, target: string): Planned {
   const parsed = parseMountOptions(spec.options);
   if (spec.type === 'bind') parsed.flags |= MS_BIND;
   parsed.bind = (parsed.flags & MS_BIND) !== 0;
-  const idmap = parsed.data.find((w) => w.startsWith('uidmap=') || w.startsWith('gidmap='));
-  if (idmap !== undefined) {
-    throw new UnavailableError(`mounts[${index}] (${spec.type} on ${q(target)}) is ID-mapped (${q(idmap)}); mountAll cannot make ID-mapped mounts, hand the mounts to a runtime that can`);
+  // Hot path: most specs have no ID map, and their data is left as it is.
+  let idmap: MountIdMapping | undefined;
+  if (parsed.data.some((w) => w.startsWith('uidmap=') || w.startsWith('gidmap='))) {
+    const taken = takeIdMapping(parsed.data, `mounts[${index}] (${spec.type} on ${q(target)})`);
+    idmap = taken.mapping;
+    parsed.data = taken.rest;
+    if ((parsed.flags & (MS_REMOUNT | MS_MOVE)) !== 0 || (!parsed.bind && spec.type !== 'overlay')) {
+      throw new UnavailableError(`mounts[${index}] (${spec.type} on ${q(target)}) is ID-mapped; mountAll ID-maps new bind and overlay mounts only`);
+    }
   }
   if (spec.type === 'overlay' && !parsed.bind && (parsed.flags & (MS_REMOUNT | MS_MOVE)) === 0) {
-    return { spec, parsed, overlay: planOverlay(parsed.data, target) };
+    return { spec, parsed, overlay: planOverlay(parsed.data, target), ...(idmap && { idmap }) };
   }
-  return { spec, parsed };
+  return { spec, parsed, ...(idmap && { idmap }) };
 }
 
 /**
@@ -166,35 +192,63 @@ async function mountOne(plan: Planned, target: string, overlayChoice: OverlayCho
   const flags = parsed.flags;
   // Built only when needed: the overlay hot path never needs it.
   const what = (): string => `mount ${q(spec.type)} on ${q(target)}`;
-  if (plan.overlay) {
-    const overlay = plan.overlay;
-    let written: WrittenRecord[] | undefined;
-    try {
-      mountOverlay(overlay, spec.source, target, flags, overlayChoice!, () => {
+  const userns = plan.idmap === undefined ? undefined : await acquireUserNamespace(plan.idmap);
+  try {
+    if (plan.overlay) {
+      const overlay = plan.overlay;
+      let written: WrittenRecord[] | undefined;
+      const hide = () => {
         written ??= recordMount(target, overlayPaths(overlay));
-      });
-    } catch (err) {
-      if (written !== undefined) dropRecords(written);
-      throw err;
+      };
+      try {
+        if (userns !== undefined) mountIdmappedOverlay(overlay, spec.source, target, flags, overlayChoice!, userns.fd, hide);
+        else mountOverlay(overlay, spec.source, target, flags, overlayChoice!, hide);
+      } catch (err) {
+        if (written !== undefined) dropRecords(written);
+        throw explainVolatileMark(err, overlay);
+      }
+      if (written !== undefined) {
+        recordMounted(written);
+        records.push(...written);
+      }
+    } else if (userns !== undefined) {
+      mountIdmappedBind(spec.source, target, flags, userns.fd);
+    } else {
+      mount(spec.source, target, spec.type, flags, parsed.data.length > 0 ? parsed.data.join(',') : null, what);
+      debug('mounted %s %s on %s (flags 0x%s)', spec.type, spec.source, target, flags.toString(16));
     }
-    if (written !== undefined) {
-      recordMounted(written);
-      records.push(...written);
-    }
-  } else {
-    mount(spec.source, target, spec.type, flags, parsed.data.length > 0 ? parsed.data.join(',') : null, what);
-    debug('mounted %s %s on %s (flags 0x%s)', spec.type, spec.source, target, flags.toString(16));
+  } finally {
+    userns?.release();
   }
   const stacked = (flags & (MS_REMOUNT | MS_MOVE)) === 0 ? 1 : 0;
   try {
-    // A bind ignores per-mount flags: they take a remount of the bind.
-    if (parsed.bind && stacked && (flags & PER_MOUNT_FLAGS) !== 0) remountBind(target, flags, what());
+    // A bind ignores per-mount flags: they take a remount of the bind (an ID-mapped bind got them with its map).
+    if (parsed.bind && stacked && userns === undefined && (flags & PER_MOUNT_FLAGS) !== 0) remountBind(target, flags, what());
     if (parsed.propagation !== 0) mount(null, target, null, parsed.propagation, null, `${what()}: set propagation`);
   } catch (err) {
     if (stacked) await unmountOnce(target).catch((e: Error) => debug('could not undo %s: %s', what(), e.message));
     throw err;
   }
   return stacked;
+}
+
+/**
+ * After a failed overlay mount: when its work dir holds the kernel's mark
+ * of an earlier volatile mount (`work/incompat/volatile`, which stays
+ * after a clean unmount too), the kernel refuses every later mount with a
+ * bare EINVAL; say so. Checked only after a failure, so a mount that works
+ * costs nothing more.
+ */
+function explainVolatileMark(err: unknown, plan: OverlayPlan): unknown {
+  if ((err as { code?: unknown }).code !== 'EINVAL') return err;
+  const work = plan.options.find((o) => o.kind === 'workdir');
+  if (work === undefined || work.kind !== 'workdir') return err;
+  const mark = `${work.path}/work/incompat/volatile`;
+  if (!existsSync(mark)) return err;
+  return new FailedPreconditionError(
+    `the work dir ${q(work.path)} holds ${q(mark)}, the kernel's mark of an earlier volatile mount, so the kernel refuses to mount it again (${(err as Error).message}); get the mounts again from the snapshotter (its mounts() clears the mark when the upper was not used across a reboot) or remove the snapshot`,
+    { cause: err },
+  );
 }
 
 /**

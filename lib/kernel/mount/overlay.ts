@@ -57,6 +57,7 @@ import {
   closePath,
   fchdir,
   fsconfigCreate,
+  fsconfigFd,
   fsconfigFlag,
   fsconfigString,
   fsContextMessages,
@@ -160,8 +161,8 @@ function probeMountApi(): 'mount-api' | 'legacy' {
 // ---------------------------------------------------------------------------
 // Mounting
 
-/** What `mount -o` flags mean to the new mount API: superblock flags for fsconfig, attributes for fsmount. */
-function splitFlags(flags: number): { sbFlags: string[]; attrs: number } {
+/** What `mount -o` flags mean to the new mount API: superblock flags for fsconfig, attributes for fsmount and mount_setattr. */
+export function splitFlags(flags: number): { sbFlags: string[]; attrs: number } {
   const sbFlags: string[] = [];
   let attrs = 0;
   if (flags & MS_RDONLY) {
@@ -187,9 +188,12 @@ const FSCONFIG_MAX_VALUE = 255;
 
 /**
  * Mounts through the new mount API. Every fsconfig error carries the
- * kernel's own explanation from the context's message log.
+ * kernel's own explanation from the context's message log. With
+ * `layerFds`, the lower layers (in the plan's order, data-only ones
+ * included) are given as these descriptors (`FSCONFIG_SET_FD`, Linux
+ * 6.13+) instead of their paths: the ID-mapped copies of idmap.ts.
  */
-export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide): void {
+export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: string, flags: number, hide: () => void = noHide, layerFds?: readonly number[]): void {
   const what = `mount overlay on ${q(target)}`;
   const pinned: number[] = [];
   // A value over the fsconfig limit is named through an O_PATH descriptor.
@@ -206,11 +210,14 @@ export function mountOverlayWithApi(plan: OverlayPlan, source: string, target: s
     fsfd = fsopen('overlay', FSOPEN_CLOEXEC);
     // mount(2) shows its source in mountinfo; the mount API shows "none" unless told.
     if (source !== '') fsconfigString(fsfd, 'source', source, `${what}: fsconfig source ${q(source)}`);
+    let n = 0;
     for (const option of plan.options) {
       if (option.kind === 'lowerdir') {
         for (const layer of option.layers) {
           const key = layer.data ? 'datadir+' : 'lowerdir+';
-          fsconfigString(fsfd, key, pathValue(layer.path, layer.path), `${what}: fsconfig ${key} ${q(layer.path)}`);
+          const fd = layerFds?.[n++];
+          if (fd !== undefined) fsconfigFd(fsfd, key, fd, `${what}: fsconfig ${key} ${q(layer.path)} (ID-mapped, by descriptor)`);
+          else fsconfigString(fsfd, key, pathValue(layer.path, layer.path), `${what}: fsconfig ${key} ${q(layer.path)}`);
         }
       } else if (option.kind !== 'other') {
         fsconfigString(fsfd, option.kind, pathValue(option.path, escapeOverlayPath(option.path)), `${what}: fsconfig ${option.kind} ${q(option.path)}`);

@@ -22,11 +22,19 @@ export type { SyscallError } from '../libc.js';
 /** `fsconfig(2)` commands (include/uapi/linux/mount.h). */
 export const FSCONFIG_SET_FLAG = 0;
 export const FSCONFIG_SET_STRING = 1;
+export const FSCONFIG_SET_FD = 5;
 export const FSCONFIG_CMD_CREATE = 6;
 export const FSOPEN_CLOEXEC = 0x1;
 export const FSMOUNT_CLOEXEC = 0x1;
 export const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
 export const AT_FDCWD = -100;
+export const AT_EMPTY_PATH = 0x1000;
+export const AT_RECURSIVE = 0x8000;
+/** `open_tree(2)` flags: a detached copy of the mount (OPEN_TREE_CLONE), closed on exec (O_CLOEXEC). */
+export const OPEN_TREE_CLONE = 0x1;
+export const OPEN_TREE_CLOEXEC = 0o2000000;
+/** umount2(2): detach now, release when no longer busy. */
+export const MNT_DETACH = 0x2;
 
 /** `fsmount(2)` mount attributes (MOUNT_ATTR_*). */
 export const MOUNT_ATTR_RDONLY = 0x1;
@@ -37,6 +45,7 @@ export const MOUNT_ATTR_NOATIME = 0x10;
 export const MOUNT_ATTR_STRICTATIME = 0x20;
 export const MOUNT_ATTR_NODIRATIME = 0x80;
 export const MOUNT_ATTR_NOSYMFOLLOW = 0x200000;
+export const MOUNT_ATTR_IDMAP = 0x100000;
 
 /**
  * The new mount API's syscall numbers come from the unified table (424 and
@@ -47,6 +56,10 @@ const NR_MOVE_MOUNT = 429;
 const NR_FSOPEN = 430;
 const NR_FSCONFIG = 431;
 const NR_FSMOUNT = 432;
+const NR_OPEN_TREE = 428;
+const NR_MOUNT_SETATTR = 442;
+/** sizeof(struct mount_attr), MOUNT_ATTR_SIZE_VER0: attr_set, attr_clr, propagation, userns_fd (u64 each). */
+const MOUNT_ATTR_SIZE = 32;
 
 /** O_PATH is 010000000 on every Linux architecture Node runs on; `fs.constants` lacks it. */
 const O_PATH = 0o10000000;
@@ -68,6 +81,8 @@ interface Bindings {
   fsconfig: CFunction;
   fsmount: CFunction;
   moveMount: CFunction;
+  openTree: CFunction;
+  mountSetattr: CFunction;
   statx: CFunction;
 }
 
@@ -129,6 +144,14 @@ function libc(): Bindings {
       NR_MOVE_MOUNT,
       ['int', 'const char *', 'int', 'const char *', 'unsigned int'],
     ),
+    openTree: optional('int open_tree(int dirfd, const char *path, unsigned int flags)', NR_OPEN_TREE, ['int', 'const char *', 'unsigned int']),
+    mountSetattr: optional('int mount_setattr(int dirfd, const char *path, unsigned int flags, void *attr, size_t size)', NR_MOUNT_SETATTR, [
+      'int',
+      'const char *',
+      'unsigned int',
+      'void *',
+      'size_t',
+    ]),
   };
   return bindings;
 }
@@ -239,6 +262,11 @@ export function fsconfigString(fd: number, key: string, value: string, what: str
   check(libc().fsconfig(fd, FSCONFIG_SET_STRING, key, value, 0), 'fsconfig', () => what);
 }
 
+/** fsconfig(2) with FSCONFIG_SET_FD: a parameter given as a descriptor (overlay layers, Linux 6.13+). */
+export function fsconfigFd(fd: number, key: string, valueFd: number, what: string): void {
+  check(libc().fsconfig(fd, FSCONFIG_SET_FD, key, null, valueFd), 'fsconfig', () => what);
+}
+
 /** fsconfig(2) with FSCONFIG_SET_FLAG. */
 export function fsconfigFlag(fd: number, key: string, what: string): void {
   check(libc().fsconfig(fd, FSCONFIG_SET_FLAG, key, null, 0), 'fsconfig', () => what);
@@ -252,6 +280,29 @@ export function fsconfigCreate(fd: number, what: string): void {
 /** fsmount(2): a detached mount of a created superblock. */
 export function fsmount(fd: number, flags: number, attrFlags: number, what: string): number {
   return check(libc().fsmount(fd, flags, attrFlags), 'fsmount', () => what);
+}
+
+/**
+ * open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at
+ * `path` (of the whole tree below it with `recursive`), as a descriptor
+ * that {@link mountSetattr} can change and {@link moveMountTo} attach.
+ * Closing the descriptor of a copy never attached frees it.
+ */
+export function openTreeClone(path: string, recursive: boolean, what: string): number {
+  const flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0);
+  return check(libc().openTree(AT_FDCWD, path, flags), 'open_tree', () => what, path);
+}
+
+/**
+ * mount_setattr(2) on the mount a descriptor holds: sets `attrSet`
+ * (MOUNT_ATTR_*), through the user namespace `usernsFd` when it holds
+ * MOUNT_ATTR_IDMAP, on every mount of the tree with `recursive`.
+ */
+export function mountSetattr(fd: number, recursive: boolean, attrSet: number, usernsFd: number, what: string): void {
+  const attr = Buffer.alloc(MOUNT_ATTR_SIZE);
+  attr.writeBigUInt64LE(BigInt(attrSet), 0);
+  attr.writeBigUInt64LE(BigInt(usernsFd), 24);
+  check(libc().mountSetattr(fd, '', AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), attr, MOUNT_ATTR_SIZE), 'mount_setattr', () => what);
 }
 
 /** move_mount(2) of a detached mount (`fromFd`) onto `target`. */

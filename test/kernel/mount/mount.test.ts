@@ -246,9 +246,11 @@ describe('mountAll argument checks (before any syscall)', () => {
     await assert.rejects(mountAll([], target, { stratgy: 'legacy' } as unknown as { strategy?: OverlayStrategy }), /"strategy"/);
   });
 
-  test('ID-mapped specs (uidmap=/gidmap=) are UnavailableError', async () => {
+  test('an ID map without its pair (uidmap= alone) is InvalidArgumentError, and one on a type other than bind or overlay UnavailableError', async () => {
     const mounts: Mount[] = [{ type: 'overlay', source: 'overlay', options: ['uidmap=0:1000:10', 'lowerdir=/a:/b'] }];
-    await assert.rejects(mountAll(mounts, target), UnavailableError);
+    await assert.rejects(mountAll(mounts, target), (err: Error) => err instanceof InvalidArgumentError && /uidmap= without gidmap=/.test(err.message));
+    const tmpfs: Mount[] = [{ type: 'tmpfs', source: 'tmpfs', options: ['uidmap=0:1000:10', 'gidmap=0:1000:10'] }];
+    await assert.rejects(mountAll(tmpfs, target), (err: Error) => err instanceof UnavailableError && /ID-maps new bind and overlay mounts only/.test(err.message));
   });
 
   test('mountAll of no mounts does nothing: no mount is made and the target is not even created', async () => {
