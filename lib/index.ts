@@ -26,7 +26,7 @@ export {
   isUnavailable,
 } from './model/errors.js';
 export type { ErrorCode } from './model/errors.js';
-export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts } from './layers/index.js';
+export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts, OWNER_LABEL, ownerLabels } from './layers/index.js';
 export { apply as applyToSnapshot, diff as diffSnapshot } from './layers/index.js';
 export type {
   ApplyOptions,
