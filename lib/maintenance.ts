@@ -70,7 +70,7 @@ export interface CheckProblem {
   path: string;
   /** For `orphan-mounted`, and an `abandoned` snapshot that is mounted: where it is mounted. */
   mountPoints?: string[];
-  /** For `abandoned`: its owner label (`pid=... start=... boot=...`), naming a process that is gone. */
+  /** For `abandoned`: its owner label (`pid=... start=... boot=... ns=...`), naming a process that is gone. */
   owner?: string;
   /** Whether `check({ repair: true })` fixed it. */
   repaired: boolean;

@@ -15,7 +15,8 @@
  * file truncated to its size. Where the filesystem refuses `O_DIRECT` at
  * open (tmpfs before 6.6, some FUSE), or a direct write fails with EINVAL
  * (a device whose blocks are larger than a page), the rest is written
- * through the page cache, in 256 KiB pieces. Nothing is synced here: the
+ * through the page cache, in 256 KiB pieces; `OVERLAY_SNAPSHOTTER_DIRECT_IO=0`
+ * writes every file that way. Nothing is synced here: the
  * caller makes the file durable (the snapshotter's commit syncs its
  * filesystem).
  */
@@ -46,7 +47,11 @@ async function writeAll(fd: number, buf: Buffer, len: number, position: number, 
 }
 
 export interface DirectWriterOptions {
-  /** Try `O_DIRECT`. Default `true`; `false` writes through the page cache (as after a fallback). */
+  /**
+   * Try `O_DIRECT`. Default `true`, unless `OVERLAY_SNAPSHOTTER_DIRECT_IO=0`
+   * (for a filesystem that takes `O_DIRECT` but serves it badly); `false`
+   * writes through the page cache (as after a fallback).
+   */
   direct?: boolean;
   /** Mode of the new file. Default `0o644`. */
   mode?: number;
@@ -86,7 +91,7 @@ export class DirectWriter {
   static create(path: string, options: DirectWriterOptions = {}): DirectWriter {
     const mode = options.mode ?? 0o644;
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL;
-    if (options.direct !== false) {
+    if (options.direct ?? process.env.OVERLAY_SNAPSHOTTER_DIRECT_IO !== '0') {
       try {
         return new DirectWriter(path, openSync(path, flags | fsc.O_DIRECT, mode), true);
       } catch (err) {
