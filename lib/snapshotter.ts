@@ -459,8 +459,8 @@ export class Snapshotter {
       if (this.options.durableLayers) syncFilesystem(upper);
     } catch (err) {
       if (errnoOf(err) !== 'ENOENT') throw err;
-      // Removed meanwhile (NotFound), or the store is damaged.
-      this.store.checkCommit(name, key);
+      // Removed meanwhile (NotFound, also when recreated under the same key), or the store is damaged.
+      if (this.store.checkCommit(name, key).id !== row.id) throw new NotFoundError(`snapshot ${q(key)} was removed and recreated while it was being committed; commit the new one again`);
       throw this.missingDir(key, upper);
     }
     this.ensureOpen();
