@@ -151,7 +151,7 @@ async function capabilities(ctx: Context): Promise<{ caps: CapabilitiesJson; not
 export function registerMaintenance(program: Command): void {
   program
     .command('cleanup')
-    .description('delete directories no snapshot owns (removed snapshots, crash leftovers) and report the space reclaimed')
+    .description('delete directories no snapshot owns (removed snapshots, crash leftovers) and abandoned snapshots (owner gone), and report the space reclaimed')
     .action(async (_opts: unknown, cmd: Command) => {
       const ctx = Context.of(cmd);
       const r = await ctx.with((sn) => cleanup(ctx, sn));
@@ -216,7 +216,7 @@ export function registerMaintenance(program: Command): void {
   program
     .command('check')
     .description('list inconsistencies between the records and snapshots/ (exit 7 when some remain)')
-    .option('--repair', 'fix what is safe to fix: remove unmounted orphans, recreate missing work dirs')
+    .option('--repair', 'fix what is safe to fix: remove unmounted orphans and abandoned snapshots, recreate missing work dirs')
     .action(async (o: { repair?: boolean }, cmd: Command) => {
       const ctx = Context.of(cmd);
       const report = await ctx.with(async (sn) => {
