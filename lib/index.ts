@@ -5,7 +5,7 @@
  * this module alone. See docs/architecture.md for the layers behind it.
  */
 export { Snapshotter, UPPERDIR_LABEL } from './snapshotter.js';
-export type { CheckProblem, CheckReport, CleanupReport } from './snapshotter.js';
+export type { AbandonedSnapshot, CheckProblem, CheckReport, CleanupReport, RecoveryReport } from './snapshotter.js';
 export type { SnapshotterOptions } from './model/options.js';
 export type { KeepReason, PruneOptions, PruneProgress, PruneReport } from './prune.js';
 export type { Driver, Info, Kind, Mount, SnapshotOptions, Usage } from './model/types.js';
@@ -27,7 +27,7 @@ export {
   isUnavailable,
 } from './model/errors.js';
 export type { ErrorCode } from './model/errors.js';
-export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts } from './layers/index.js';
+export { applyLayer, diffLayer, importLayers, chainIds, targetFromMounts, OWNER_LABEL, ownerLabels } from './layers/index.js';
 export { apply as applyToSnapshot, diff as diffSnapshot } from './layers/index.js';
 export type {
   ApplyOptions,

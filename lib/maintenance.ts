@@ -19,11 +19,13 @@ import { livePoolDirs, STAGING_PREFIX } from './disk/staging.js';
 import { TRASH_PREFIX, Trash, deleteSnapshotDir, deleteTrees } from './disk/trash.js';
 import { diskUsage } from './disk/usage.js';
 import { lostInReboot, volatileState } from './disk/volatile.js';
-import { isAlive, selfTag } from './kernel/liveness.js';
+import { isAlive, ownerJudge, selfTag } from './kernel/liveness.js';
 import { snapshotMounts } from './kernel/mount/in-use.js';
 import { VOLATILE_LABEL } from './model/create-options.js';
 import { FailedPreconditionError, UnavailableError } from './model/errors.js';
 import { parseFilters } from './model/filters.js';
+import { OWNER_LABEL } from './model/owner.js';
+import type { Record_ } from './model/record.js';
 import { type SpecSettings, snapshotDir } from './model/specs.js';
 import type { Driver } from './model/types.js';
 import { type PruneReport, type ResolvedPruneOptions, planPrune } from './prune.js';
@@ -38,19 +40,41 @@ export const DECIMAL_ID = /^[1-9][0-9]*$/;
 export interface CleanupReport {
   /** Names of the entries removed (ids of removed snapshots, `new-*` leftovers, strays). */
   removed: string[];
+  /** Keys of the actives and views removed because the process their owner label names is gone (their entries are in `removed`). */
+  abandoned: string[];
   /** Orphans left in place because something is mounted on or from them. */
   skipped: { name: string; mountPoints: string[] }[];
 }
 
+/** An active or view removed because the process its owner label names is gone. */
+export interface AbandonedSnapshot {
+  key: string;
+  kind: 'active' | 'view';
+  /** Its directory (gone now). */
+  path: string;
+  /** Its owner label (`pid=... start=... boot=... ns=...`). */
+  owner: string;
+}
+
+/** What the recovery of `open()` removed: crash leftovers. */
+export interface RecoveryReport {
+  /** Entries of `snapshots/` deleted (staging dirs and unrecorded ids of crashed creations, directories of abandoned snapshots). */
+  removed: string[];
+  /** The abandoned actives and views removed. */
+  abandoned: AbandonedSnapshot[];
+}
+
 /** One inconsistency found by `check()`. */
 export interface CheckProblem {
-  problem: 'missing-directory' | 'missing-fs' | 'missing-work' | 'orphan' | 'staging-leftover' | 'orphan-mounted';
+  problem: 'missing-directory' | 'missing-fs' | 'missing-work' | 'orphan' | 'staging-leftover' | 'orphan-mounted' | 'abandoned';
   /** The snapshot's key or name, for problems of a record. */
   key?: string;
   /** The path concerned. */
   path: string;
-  /** For `orphan-mounted`: where it is mounted. */
+  /** For `orphan-mounted`, and an `abandoned` snapshot that is mounted: where it is mounted. */
   mountPoints?: string[];
+  /** For `abandoned`: its owner label (`pid=... start=... boot=... ns=...`), naming a process that is gone. */
+  owner?: string;
   /** Whether `check({ repair: true })` fixed it. */
   repaired: boolean;
 }
@@ -82,7 +106,7 @@ export interface Root {
  */
 export async function sweep(r: Root, select: (name: string, lastAllocated: number) => boolean): Promise<CleanupReport> {
   const snapshotsDir = r.settings.snapshotsDir;
-  const report: CleanupReport = { removed: [], skipped: [] };
+  const report: CleanupReport = { removed: [], abandoned: [], skipped: [] };
   const trash = r.store.withLiveIds((live, lastAllocated) => {
     let users: Map<number, string[]> | undefined;
     const pruning = new Set(livePruneHolder(r.store.getMeta(PRUNE_LOCK))?.ids ?? []);
@@ -121,6 +145,27 @@ export async function sweep(r: Root, select: (name: string, lastAllocated: numbe
   return report;
 }
 
+/** Snapshotter.cleanup: the abandoned actives and views, then every entry of `snapshots/` no record owns. */
+export async function cleanup(r: Root): Promise<CleanupReport> {
+  const abandoned = await removeAbandoned(r, findAbandoned(r.store));
+  const report = await sweep(r, () => true);
+  report.removed = [...new Set([...abandoned.removed, ...report.removed])];
+  report.abandoned = abandoned.abandoned.map((a) => a.key);
+  return report;
+}
+
+/**
+ * The recovery of `open()`, as container managers do at start: leftovers of
+ * crashed creations (staging dirs, ids never recorded) and of interrupted
+ * cleanups, and abandoned snapshots (the temporary snapshots of crashed
+ * imports and exports) go now; removed snapshots' dirs stay for cleanup().
+ */
+export async function recover(r: Root): Promise<RecoveryReport> {
+  const { removed } = await sweep(r, (name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
+  const abandoned = await removeAbandoned(r, findAbandoned(r.store));
+  return { removed: [...removed, ...abandoned.removed], abandoned: abandoned.abandoned };
+}
+
 /** The inconsistencies between records and directories (Snapshotter.check), repaired where safe when `repair`. */
 export async function check(r: Root, repair: boolean, driver: { driver: Driver; reason: string }): Promise<CheckReport> {
   const snapshotsDir = r.settings.snapshotsDir;
@@ -128,6 +173,11 @@ export async function check(r: Root, repair: boolean, driver: { driver: Driver; 
   const rows = r.store.allRows();
   const live = new Set(rows.map((row) => row.id));
   const users = snapshotMounts(snapshotsDir);
+  const abandoned = findAbandoned(r.store);
+  for (const rec of abandoned) {
+    const at = users.get(rec.id);
+    problems.push({ problem: 'abandoned', key: rec.key, path: snapshotDir(r.settings, rec.id), owner: rec.labels[OWNER_LABEL]!, ...(at ? { mountPoints: at } : {}), repaired: false });
+  }
   for (const row of rows) {
     const dir = snapshotDir(r.settings, row.id);
     if (!existsSync(dir)) {
@@ -153,6 +203,10 @@ export async function check(r: Root, repair: boolean, driver: { driver: Driver; 
         : { problem: name.startsWith(STAGING_PREFIX) ? 'staging-leftover' : 'orphan', path, repaired: false },
     );
   }
+  if (repair && abandoned.length > 0) {
+    const gone = new Set((await removeAbandoned(r, abandoned)).abandoned.map((a) => a.key));
+    for (const p of problems) if (p.problem === 'abandoned' && gone.has(p.key!)) p.repaired = true;
+  }
   if (repair && problems.some((p) => p.problem === 'orphan' || p.problem === 'staging-leftover')) {
     const { removed } = await sweep(r, () => true);
     for (const p of problems) {
@@ -160,6 +214,50 @@ export async function check(r: Root, repair: boolean, driver: { driver: Driver; 
     }
   }
   return { ok: problems.every((p) => p.repaired), problems, driver: driver.driver, driverReason: driver.reason };
+}
+
+/** The snapshots with an owner label: indexed, so that finding them reads only those. */
+const OWNED = parseFilters([`labels."${OWNER_LABEL}"`]);
+
+/**
+ * The actives and views whose owner label (model/owner.ts) names a process
+ * that is gone: temporary snapshots of a crashed import or export. A value
+ * that does not parse, or names a process this one cannot see, is not
+ * judged; committed snapshots are complete layers, left to prune().
+ */
+function findAbandoned(store: Store): Record_[] {
+  const judge = ownerJudge();
+  return store.walk(OWNED).filter((rec) => rec.kind !== 'committed' && judge(rec.labels[OWNER_LABEL]!) === false);
+}
+
+/**
+ * Removes abandoned snapshots as remove() would, each in its own
+ * transaction, then their directories (as a sweep: claimed under the lock).
+ * One that is mounted, has children, or changed since it was judged (gone,
+ * made again, relabelled) is left alone. Returns the snapshots removed and
+ * the entries of `snapshots/` deleted.
+ */
+async function removeAbandoned(r: Root, found: readonly Record_[]): Promise<{ abandoned: AbandonedSnapshot[]; removed: string[] }> {
+  const ids = new Set<string>();
+  const abandoned: AbandonedSnapshot[] = [];
+  for (const rec of found) {
+    try {
+      r.store.remove(rec.key, (row) => {
+        if (row.id !== rec.id || r.store.record(rec.key)?.labels[OWNER_LABEL] !== rec.labels[OWNER_LABEL]) throw new Error('it changed since it was judged');
+        const at = snapshotMounts(r.settings.snapshotsDir, row.id).get(row.id);
+        if (at !== undefined) throw new Error(`it is mounted at ${at.join(', ')}`);
+      });
+      ids.add(String(rec.id));
+      abandoned.push({ key: rec.key, kind: rec.kind as AbandonedSnapshot['kind'], path: snapshotDir(r.settings, rec.id), owner: rec.labels[OWNER_LABEL]! });
+    } catch (err) {
+      debug('abandoned %s (owner %s) left in place: %s', rec.key, rec.labels[OWNER_LABEL], (err as Error).message);
+    }
+  }
+  if (abandoned.length === 0) return { abandoned, removed: [] };
+  await r.store.durable();
+  const { removed } = await sweep(r, (name) => ids.has(name));
+  debug('removed abandoned snapshots %o', abandoned);
+  return { abandoned, removed };
 }
 
 /**
@@ -233,6 +331,17 @@ function livePruneHolder(value: string | undefined): { pid: number; since: numbe
   }
 }
 
+/** For each record with an owner label that can be judged: whether its owner still runs. */
+function ownersOf(records: readonly Record_[]): Map<number, boolean> {
+  const judge = ownerJudge();
+  const owners = new Map<number, boolean>();
+  for (const rec of records) {
+    const alive = Object.hasOwn(rec.labels, OWNER_LABEL) ? judge(rec.labels[OWNER_LABEL]!) : undefined;
+    if (alive !== undefined) owners.set(rec.id, alive);
+  }
+  return owners;
+}
+
 /** Snapshotter.prune with resolved options: lock, plan and records in transactions, then the directories. */
 export async function prune(r: Root, o: ResolvedPruneOptions): Promise<PruneReport> {
   const { store, settings } = r;
@@ -247,8 +356,11 @@ export async function prune(r: Root, o: ResolvedPruneOptions): Promise<PruneRepo
   });
   try {
     const report: PruneReport = { dryRun: o.dryRun, removed: [], kept: [], marked: [], reclaimed: { bytes: 0, inodes: 0 } };
+    let owners = new Map<number, boolean>();
     const decide = () => {
-      const plan = planPrune(store.walk(ALL), new Set(snapshotMounts(snapshotsDir).keys()), store.pruneMarks(), o);
+      const records = store.walk(ALL);
+      owners = ownersOf(records);
+      const plan = planPrune(records, new Set(snapshotMounts(snapshotsDir).keys()), store.pruneMarks(), o, owners);
       if (!o.dryRun) {
         store.applyPrune(plan.remove.map((rec) => rec.id), plan.mark, plan.unmark, o.now());
         // While this prune deletes them, cleanup() elsewhere must leave these dirs alone.
@@ -268,7 +380,7 @@ export async function prune(r: Root, o: ResolvedPruneOptions): Promise<PruneRepo
       const dir = snapshotDir(settings, rec.id);
       const usage = diskUsage(dir);
       sizes.set(dir, usage.size);
-      report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes });
+      report.removed.push({ name: rec.key, kind: rec.kind, size: usage.size, inodes: usage.inodes, ...(rec.kind !== 'committed' && owners.get(rec.id) === false ? { abandoned: true } : {}) });
       report.reclaimed.inodes += usage.inodes;
     }
     let done = 0;

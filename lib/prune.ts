@@ -29,7 +29,10 @@ export interface PruneOptions {
    * filters are ORed with each other and ANDed with the rest.
    */
   filters?: string[];
-  /** Also remove unreferenced actives and views (kept by default). @default false */
+  /**
+   * Also remove unreferenced actives and views (kept by default, except
+   * those whose owner label names a process that is gone). @default false
+   */
   includeActive?: boolean;
   /** Report what would be removed, and remove nothing. @default false */
   dryRun?: boolean;
@@ -57,12 +60,17 @@ export interface PruneProgress {
 }
 
 /** Why a snapshot was kept. */
-export type KeepReason = 'root' | 'referenced' | 'parent' | 'active' | 'mounted' | 'too-young' | 'filtered' | 'grace-period';
+export type KeepReason = 'root' | 'referenced' | 'parent' | 'active' | 'leased' | 'mounted' | 'too-young' | 'filtered' | 'grace-period';
 
 export interface PruneReport {
   dryRun: boolean;
-  /** Removed (or, in a dry run, removable) snapshots, children before parents, with their measured usage. */
-  removed: { name: string; kind: Kind; size: number; inodes: number }[];
+  /**
+   * Removed (or, in a dry run, removable) snapshots, children before
+   * parents, with their measured usage; `abandoned` marks an active or view
+   * whose owner label names a process that is gone (removed without
+   * `includeActive`).
+   */
+  removed: { name: string; kind: Kind; size: number; inodes: number; abandoned?: true }[];
   /** Every other snapshot, with the reason it was kept. */
   kept: { name: string; kind: Kind; reason: KeepReason }[];
   /** Candidates marked by this prune (mark-only or grace period). */
@@ -197,9 +205,18 @@ export interface PrunePlan {
 
 /**
  * Decides what to remove. `marks` maps ids to when they were marked;
- * `mounted` holds ids that something is mounted from.
+ * `mounted` holds ids that something is mounted from; `owners` tells, for
+ * snapshots with an owner label (model/owner.ts), whether that owner still
+ * runs: a live owner keeps its snapshot (a lease), and an active or view
+ * whose owner is gone is a candidate even without `includeActive`.
  */
-export function planPrune(records: readonly Record_[], mounted: ReadonlySet<number>, marks: ReadonlyMap<number, number>, o: ResolvedPruneOptions): PrunePlan {
+export function planPrune(
+  records: readonly Record_[],
+  mounted: ReadonlySet<number>,
+  marks: ReadonlyMap<number, number>,
+  o: ResolvedPruneOptions,
+  owners: ReadonlyMap<number, boolean> = new Map(),
+): PrunePlan {
   const byId = new Map(records.map((r) => [r.id, r]));
   const byKey = new Map(records.map((r) => [r.key, r]));
   const refPrefix = `${GC_REF_PREFIX}${o.snapshotterName}`;
@@ -208,7 +225,9 @@ export function planPrune(records: readonly Record_[], mounted: ReadonlySet<numb
   const initial = (r: Record_): KeepReason | undefined => {
     if (mounted.has(r.id)) return 'mounted';
     if (Object.hasOwn(r.labels, GC_ROOT_LABEL)) return 'root';
-    if (r.kind !== 'committed' && !o.includeActive) return 'active';
+    const owned = owners.get(r.id);
+    if (owned === true) return 'leased';
+    if (r.kind !== 'committed' && !o.includeActive && owned !== false) return 'active';
     if (!selectable(r, o)) return 'filtered';
     if (o.until !== undefined && r.updated > o.until) return 'too-young';
     return undefined;

@@ -28,7 +28,7 @@ import { errnoOf } from './kernel/libc.js';
 import { unmountAll } from './kernel/mount/index.js';
 import { snapshotMounts } from './kernel/mount/in-use.js';
 import { syncFilesystem } from './kernel/syncfs.js';
-import { type CheckReport, type CleanupReport, DECIMAL_ID, type Root, check, prune, recoverVolatile, refuseSilentReset, sweep } from './maintenance.js';
+import { type CheckReport, type CleanupReport, type RecoveryReport, type Root, check, cleanup, prune, recover, recoverVolatile, refuseSilentReset } from './maintenance.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError, q } from './model/errors.js';
 import { parseFilters } from './model/filters.js';
 import { VOLATILE_LABEL, checkCreateOptions, keepFixed, refuseFixedLabels, unavailableFor, withoutLabel } from './model/create-options.js';
@@ -41,7 +41,7 @@ import { checkKey, checkLabelSize, checkLabels, checkParent, checkSnapshotOption
 import { type PruneOptions, type PruneReport, resolvePruneOptions } from './prune.js';
 import { Store } from './store/store.js';
 
-export type { CheckProblem, CheckReport, CleanupReport } from './maintenance.js';
+export type { AbandonedSnapshot, CheckProblem, CheckReport, CleanupReport, RecoveryReport } from './maintenance.js';
 
 const debug = createDebug('overlay-snapshotter:snapshotter');
 
@@ -97,6 +97,7 @@ export class Snapshotter {
   /** Staging dirs for actives, made ahead (lib/disk/staging.ts). */
   private readonly pool: StagingPool;
   private closed = false;
+  private recovery: RecoveryReport = { removed: [], abandoned: [] };
   /** What the whole-root calls (maintenance.ts) need of this snapshotter. */
   private readonly maintained: Root;
   /**
@@ -142,7 +143,8 @@ export class Snapshotter {
 
   /**
    * Opens the snapshotter at `root`, creating the root (mode 0700) and
-   * `snapshots/` if missing; reopening finds every snapshot as it was.
+   * `snapshots/` if missing; reopening finds every snapshot as it was
+   * (crash leftovers removed: {@link recovered}).
    *
    * The store's driver is recorded when it is created: given as `driver`,
    * else `'overlay'` where the root supports it and `'native'` elsewhere
@@ -205,11 +207,9 @@ export class Snapshotter {
       const umask = process.umask();
       const sn = new Snapshotter(abs, resolved, store, settings, (0o755 & umask) === 0, capabilities, driver);
       await store.durable();
-      // Recovery, as container managers do at start: leftovers of crashed
-      // creations (staging dirs, ids never recorded) and of interrupted
-      // cleanups go now; removed snapshots' dirs stay for cleanup().
-      const recovered = await sweep(sn.maintained, (name, lastAllocated) => name.startsWith(STAGING_PREFIX) || (DECIMAL_ID.test(name) && Number(name) > lastAllocated));
-      if (recovered.removed.length > 0) debug('open %s: removed crash leftovers %o', abs, recovered.removed);
+      // Recovery, as container managers do at start (maintenance.ts).
+      sn.recovery = await recover(sn.maintained);
+      if (sn.recovery.removed.length > 0) debug('open %s: removed crash leftovers %o', abs, sn.recovery);
       sn.lostAtOpen = await recoverVolatile(sn.maintained);
       debug('opened %s (options %o, overlay options %o)', abs, resolved, settings.overlayOptions);
       return sn;
@@ -217,6 +217,11 @@ export class Snapshotter {
       store.close();
       throw err;
     }
+  }
+
+  /** The crash leftovers {@link open} removed: staging dirs, unrecorded ids, abandoned snapshots (see {@link cleanup}). */
+  get recovered(): RecoveryReport {
+    return this.recovery;
   }
 
   private ensureOpen(): void {
@@ -502,8 +507,8 @@ export class Snapshotter {
       if (this.options.durableLayers) syncFilesystem(upper);
     } catch (err) {
       if (errnoOf(err) !== 'ENOENT') throw err;
-      // Removed meanwhile (NotFound), or the store is damaged.
-      this.store.checkCommit(name, key);
+      // Removed meanwhile (NotFound, also when recreated under the same key), or the store is damaged.
+      if (this.store.checkCommit(name, key).id !== row.id) throw new NotFoundError(`snapshot ${q(key)} was removed and recreated while it was being committed; commit the new one again`);
       throw this.missingDir(key, upper);
     }
     this.ensureOpen();
@@ -615,18 +620,21 @@ export class Snapshotter {
    * The entries are chosen while holding the store's write lock, so a
    * staging dir that another call or process is filling is never touched.
    * A directory that is still mounted somewhere is skipped and reported.
+   * First it removes abandoned actives and views, unmounted ones whose
+   * owner label names a process that is gone (docs/reliability.md).
    */
   async cleanup(): Promise<CleanupReport> {
     this.ensureOpen();
-    return sweep(this.maintained, () => true);
+    return cleanup(this.maintained);
   }
 
   /**
    * Lists every inconsistency between records and directories: a record
    * whose directory, `fs` or `work` is missing, and every entry of
-   * `snapshots/` that no record owns (mounted or not). With
-   * `{ repair: true }` it fixes what is safe to fix (removes unmounted
-   * orphans, recreates a missing `work` dir) and reports the rest.
+   * `snapshots/` that no record owns (mounted or not), and abandoned
+   * actives and views. With `{ repair: true }` it fixes what is safe to fix
+   * (removes unmounted orphans and abandoned snapshots, recreates a missing
+   * `work` dir) and reports the rest.
    */
   async check(options: { repair?: boolean } = {}): Promise<CheckReport> {
     this.ensureOpen();
@@ -643,7 +651,8 @@ export class Snapshotter {
    * inodes reclaimed) and what it kept and why. Kept: roots
    * (`containerd.io/gc.root`), snapshots referenced by a kept snapshot's
    * `containerd.io/gc.ref.snapshot.<snapshotter>[/<suffix>]` label, parents
-   * of kept snapshots, actives and views (unless `includeActive`), anything
+   * of kept snapshots, actives and views (unless `includeActive`, or
+   * abandoned), snapshots whose owner label names a live process, anything
    * mounted, and what the filters exclude. See {@link PruneOptions}.
    *
    * Records go in one transaction, so a snapshot created meanwhile (here or

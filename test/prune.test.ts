@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { Snapshotter, type PruneReport } from '../lib/index.js';
 import { parseUntil } from '../lib/prune.js';
+import { OWNER_LABEL, ownerValue, parseOwner } from '../lib/layers/index.js';
+import { formatOwner } from '../lib/model/owner.js';
 import { snapshotEntries, withMounted, withSnapshotter } from './helpers/fixtures.js';
 import { mountTestOptions } from './helpers/require-mount.js';
 
@@ -90,6 +92,27 @@ describe('prune', () => {
       const all = await sn.prune({ includeActive: true });
       assert.deepEqual(all.removed.map((r) => r.name), ['ctr', 'base', 'v']);
       assert.deepEqual(all.removed.map((r) => r.kind), ['active', 'committed', 'view']);
+    });
+  });
+
+  test('an owner label keeps its snapshot and parents while the owner runs; an active or view of a gone owner is a candidate without includeActive, under the filters', async () => {
+    await withSnapshotter({}, async (sn, root) => {
+      const live = { [OWNER_LABEL]: ownerValue() };
+      const dead = { [OWNER_LABEL]: formatOwner({ ...parseOwner(ownerValue())!, start: '1' }) };
+      await layer(sn, root, 'base');
+      await layer(sn, root, 'leased', 'base', live);
+      await layer(sn, root, 'loose');
+      await sn.prepare('work-live', 'base', { labels: live });
+      await sn.prepare('work-dead', 'base', { labels: dead });
+      await sn.view('view-dead', 'loose', { labels: { ...dead, keep: '1' } });
+      await sn.prepare('ctr', 'base');
+      const report = await sn.prune({ dryRun: true, filters: ['label!=keep'] });
+      assert.deepEqual(report.removed.map((r) => [r.name, r.kind, r.abandoned]), [['work-dead', 'active', true]]);
+      // The filtered view keeps its parent; without the filter both go.
+      assert.deepEqual(reasons(report), { base: 'parent', ctr: 'active', leased: 'leased', loose: 'parent', 'view-dead': 'filtered', 'work-live': 'leased' });
+      const all = await sn.prune();
+      assert.deepEqual(all.removed.map((r) => r.name).sort(), ['loose', 'view-dead', 'work-dead']);
+      assert.deepEqual(await names(sn), ['base', 'ctr', 'leased', 'work-live']);
     });
   });
 

@@ -93,9 +93,14 @@ export function refMatches(want: string, have: string): boolean {
   return a !== undefined && a === normalizeRef(have);
 }
 
+/** The names of an index entry, the one the image is stored under first. */
 function names(desc: Descriptor): string[] {
   const a = desc.annotations ?? {};
-  return [a[REF_ANNOTATION], a[CONTAINERD_NAME_ANNOTATION]].filter((n): n is string => typeof n === 'string' && n !== '');
+  const ref = a[REF_ANNOTATION];
+  const full = a[CONTAINERD_NAME_ANNOTATION];
+  // containerd's exports put the name in io.containerd.image.name and only its tag in ref.name.
+  const order = typeof ref === 'string' && typeof full === 'string' && full.endsWith(`:${ref}`) ? [full, ref] : [ref, full];
+  return order.filter((n): n is string => typeof n === 'string' && n !== '');
 }
 
 function isIndexType(t: string): boolean {

@@ -19,12 +19,12 @@
  * (ingest files, leases, a lock) names its owner (lib/layers/owner.ts) and
  * is swept by the next user once the owner is gone.
  */
-import { closeSync, constants as fsc, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, write, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import createDebug from 'debug';
 import { v4 as uuidv4 } from 'uuid';
 import { NotFoundError, UnavailableError } from '../model/errors.js';
-import { ownerAlive, ownerValue } from '../layers/index.js';
+import { DirectWriter, ownerAlive, ownerValue } from '../layers/index.js';
 import { type Descriptor, type Index, MAX_MANIFEST_BYTES, MEDIA, REF_ANNOTATION, canonicalJson, checkDigest, parseIndex, parseJson, parseManifest } from './media.js';
 import { sha256 } from './select.js';
 
@@ -87,83 +87,44 @@ function writeAtomic(path: string, bytes: Buffer): void {
 
 /**
  * A blob being written into the store; {@link commit} moves it into place
- * under its digest. Writes go to the thread pool (the caller's thread is
- * busy applying the layer), in order, with at most {@link WRITE_AHEAD}
- * bytes in flight: past that, {@link drained} makes the caller wait.
+ * under its digest. The caller's thread is busy applying the same bytes:
+ * the file is written on the thread pool, past the page cache where the
+ * filesystem allows (layers/direct-writer.ts), with bounded write-ahead
+ * ({@link drained}).
  */
 export class BlobWriter {
-  private fd: number;
-  private tail: Promise<void> = Promise.resolve();
-  private failed: unknown;
-  private inFlight = 0;
-  size = 0;
+  private readonly file: DirectWriter;
 
   constructor(private readonly store: ImageStore, readonly path: string) {
-    this.fd = openSync(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    this.file = DirectWriter.create(path);
   }
 
-  /** Queues `chunk` (which must not change afterwards). */
+  /** Queues a copy of `chunk`; throws the failure of an earlier write. */
   write(chunk: Uint8Array): void {
-    if (this.failed !== undefined) throw this.failed;
-    const fd = this.fd;
-    this.size += chunk.length;
-    this.inFlight += chunk.length;
-    this.tail = this.tail.then(async () => {
-      if (this.failed !== undefined) return;
-      try {
-        let off = 0;
-        while (off < chunk.length) off += await writeAsync(fd, chunk, off, Math.min(PIECE, chunk.length - off));
-      } catch (err) {
-        this.failed = err;
-      } finally {
-        this.inFlight -= chunk.length;
-      }
-    });
+    this.file.write(chunk);
   }
 
-  /** Resolves once few enough bytes are in flight (at once when they are). */
+  /** Resolves once few enough bytes are waiting (undefined when they are already). */
   drained(): Promise<void> | undefined {
-    return this.inFlight > WRITE_AHEAD ? this.tail : undefined;
+    return this.file.drained();
   }
 
-  /** Resolves once every queued write is done; rejects with a write's failure. */
-  async flushed(): Promise<void> {
-    await this.tail;
-    if (this.failed !== undefined) throw this.failed;
+  /** Resolves once every byte is written; rejects with a write's failure. */
+  flushed(): Promise<void> {
+    return this.file.flushed();
   }
 
   /** Moves the bytes written into place as `digest` (which the caller has verified). */
   async commit(digest: string): Promise<void> {
-    await this.flushed();
-    this.close();
+    await this.file.flushed();
+    await this.file.close();
     renameSync(this.path, this.store.blobPath(digest));
   }
 
   async abort(): Promise<void> {
-    await this.tail;
-    this.close();
+    await this.file.close();
     rmSync(this.path, { force: true });
   }
-
-  private close(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd);
-    this.fd = -1;
-  }
-}
-
-/**
- * Largest single write: the page cache sizes its folios by the write, and
- * on VMs that hand freed memory back to their host large folios cost a
- * fault-in each (see lib/layers/sys.ts MAX_WRITE and docs/layers.md "Writes").
- */
-const PIECE = 256 * 1024;
-
-/** Bytes a {@link BlobWriter} may have queued before its writer waits. */
-const WRITE_AHEAD = 32 * 1024 * 1024;
-
-function writeAsync(fd: number, buf: Uint8Array, off: number, len: number): Promise<number> {
-  return new Promise((resolve, reject) => write(fd, buf, off, len, null, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
 /** The blobs one import has written and not yet indexed; kept by removals while the import runs. */

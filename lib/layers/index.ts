@@ -14,3 +14,5 @@ export type { Compression } from './compression.js';
 export { OWNER_LABEL, ownerAlive, ownerLabels, ownerValue, parseOwner } from './owner.js';
 export type { Owner } from './owner.js';
 export { StreamHash } from './hash.js';
+export { DirectWriter } from './direct-writer.js';
+export type { DirectWriterOptions } from './direct-writer.js';

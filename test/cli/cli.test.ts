@@ -14,6 +14,8 @@ import { Snapshotter, chainIds, unmountAll, type Mount } from '../../lib/index.j
 import { createProgram } from '../../lib/cli/program.js';
 import { cli, cliAt, gzip, inTerminal, json, makeLayer, sha256, tarNames, terminalSkipReason, type CliResult } from '../helpers/cli.js';
 import { isMounted, removeTree, tempDir } from '../helpers/fixtures.js';
+import { OWNER_LABEL, ownerValue, parseOwner } from '../../lib/layers/index.js';
+import { formatOwner } from '../../lib/model/owner.js';
 import { assertPrerequisite, mountTestOptions, prerequisiteOptions } from '../helpers/require-mount.js';
 
 /** The directory an active snapshot's writes go to, from its mount spec (public API only). */
@@ -507,7 +509,7 @@ describe('overlay-snapshotter CLI', () => {
         const report = json<{ driverReason: string }>(asJson);
         assert.deepEqual(report, {
           ok: false,
-          problems: [{ problem: 'orphan', key: null, path: join(root, 'snapshots', 'stray'), mountPoints: null, repaired: false }],
+          problems: [{ problem: 'orphan', key: null, path: join(root, 'snapshots', 'stray'), mountPoints: null, owner: null, repaired: false }],
           driver: 'overlay',
           driverReason: report.driverReason,
         });
@@ -518,6 +520,50 @@ describe('overlay-snapshotter CLI', () => {
         const clean = await cliAt(root, ['check']);
         assert.equal(clean.code, 0);
         assert.match(clean.stdout, /^driver: overlay \(.*\)\nok: no problems found\n$/);
+      },
+    );
+  });
+
+  test('check, cleanup and prune name the abandoned snapshots (their owner gone) that their open removed', async () => {
+    const dead = formatOwner({ ...parseOwner(ownerValue())!, start: '1' });
+    /** Leaves the active `key` of a dead owner in the store at `root`, as a crashed import does. */
+    const abandon = async (root: string, key: string) => {
+      const sn = await Snapshotter.open(root);
+      await sn.prepare(key, undefined, { labels: { [OWNER_LABEL]: dead } });
+      await sn.close();
+    };
+    await withRoot(
+      async (sn) => layer(sn, 'base'),
+      async (root) => {
+        await abandon(root, 'import-a');
+        const asJson = await cliAt(root, ['check', '--json']);
+        assert.equal(asJson.code, 0, asJson.stderr);
+        const { problems } = json<{ problems: { path: string }[] }>(asJson);
+        assert.deepEqual(problems, [{ problem: 'abandoned', key: 'import-a', path: problems[0]?.path, mountPoints: null, owner: dead, repaired: true }]);
+        assert.match(problems[0]!.path, /\/snapshots\/\d+$/);
+        assert.equal(existsSync(problems[0]!.path), false);
+
+        await abandon(root, 'import-b');
+        const human = await cliAt(root, ['check']);
+        assert.equal(human.code, 0, human.stderr);
+        assert.match(human.stdout, /\nPROBLEM +KEY +PATH +REPAIRED\nabandoned +import-b +\S+\/snapshots\/\d+ +yes\n$/);
+
+        await abandon(root, 'import-c');
+        const cleanup = await cliAt(root, ['cleanup', '--json']);
+        assert.equal(cleanup.code, 0, cleanup.stderr);
+        assert.deepEqual(json<{ abandoned: string[] }>(cleanup).abandoned, ['import-c']);
+        await abandon(root, 'import-d');
+        const cleanupHuman = await cliAt(root, ['cleanup']);
+        assert.equal(cleanupHuman.stdout, 'removed abandoned snapshots (their owner is gone): import-d\nremoved 0 entries, reclaimed 0 B (0 inodes)\n');
+
+        await abandon(root, 'import-e');
+        const prune = await cliAt(root, ['prune', '--json', '--dry-run']);
+        assert.equal(prune.code, 0, prune.stderr);
+        assert.deepEqual(json<{ abandonedAtOpen: string[] }>(prune).abandonedAtOpen, ['import-e']);
+        await abandon(root, 'import-f');
+        const pruneHuman = await cliAt(root, ['prune', '--dry-run']);
+        assert.match(pruneHuman.stdout, /^Removed at open, their owner being gone: import-f\nWould delete:\nNAME /);
+        assert.equal((await cliAt(root, ['ls', '-q'])).stdout, 'base\n');
       },
     );
   });

@@ -191,6 +191,22 @@ describe('importImage', mountTestOptions(), () => {
     }
   });
 
+  test('an image exported by containerd (its name in io.containerd.image.name, the tag alone in ref.name) is stored under its name', async () => {
+    const dir = tempDir('ovl-img-');
+    try {
+      const layout = join(dir, 'layout');
+      const [w] = await makeLayout(layout, [{ layers: [await layerTar({ f: 'x' })] }]);
+      const annotations = { 'io.containerd.image.name': 'registry.example/team/app:2.1', 'org.opencontainers.image.ref.name': '2.1' };
+      writeIndex(layout, [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: w!.manifest.digest, size: w!.manifest.size, annotations }]);
+      await withSnapshotter(undefined, async (sn) => {
+        assert.equal((await importImage(sn, layout)).ref, 'registry.example/team/app:2.1');
+        assert.equal((await importImage(sn, layout, { ref: '2.1' })).ref, '2.1', 'asked for by its tag, it keeps the tag');
+      });
+    } finally {
+      await removeTree(dir);
+    }
+  });
+
   test('a multi-platform index yields the running platform by default, another when asked, and NotFound for one it lacks', async () => {
     const dir = tempDir('ovl-img-');
     try {

@@ -9,9 +9,8 @@
  *   same chain ID;
  * - `umoci unpack` of it yields the tree our own mount of the snapshot shows.
  *
- * `ctr images import` of the export (running a container on it) belongs to
- * the containerd integration test of the proxy plugin, which does not
- * exist on this branch yet.
+ * `ctr images import` of the export, running a container on it, is
+ * test/images/containerd.test.ts.
  *
  * Needs skopeo, umoci and busybox-static (Debian packages; .ci/run installs
  * them). Without them the test is skipped with the reason, except under
@@ -125,6 +124,4 @@ describe('images and other tools', options(), () => {
       await removeTree(dir);
     }
   });
-
-  test('ctr images import of our export runs a container', { todo: 'needs the containerd integration test of the proxy plugin (built on another branch)' });
 });

@@ -2,7 +2,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Command } from 'commander';
-import { type Capabilities, type Driver, type PruneOptions, type PruneReport, isUnavailable, probeCapabilities, Snapshotter } from '../../index.js';
+import { type Capabilities, type CheckProblem, type Driver, type PruneOptions, type PruneReport, isUnavailable, probeCapabilities, Snapshotter } from '../../index.js';
 import { Context } from '../context.js';
 import { diskUsage } from '../du.js';
 import { EXIT, ExitError } from '../exit.js';
@@ -12,6 +12,8 @@ import { canPrompt, confirm } from '../prompt.js';
 
 export interface CleanupJson {
   removed: { name: string; size: number; inodes: number }[];
+  /** Keys of the actives and views removed because their owner is gone (by this cleanup or by the open before it). */
+  abandoned: string[];
   skipped: { name: string; mountPoints: string[] }[];
   reclaimed: { bytes: number; inodes: number };
 }
@@ -25,7 +27,7 @@ async function cleanup(ctx: Context, sn: Snapshotter): Promise<CleanupJson> {
   // the entries check() calls orphans before they go, and count as
   // reclaimed those that are gone afterwards.
   const { problems } = await sn.check();
-  const candidates = problems.filter((p) => p.problem === 'orphan' || p.problem === 'staging-leftover');
+  const candidates = problems.filter((p) => p.problem === 'orphan' || p.problem === 'staging-leftover' || (p.problem === 'abandoned' && p.mountPoints === undefined));
   const measured = new Map<string, { path: string; bytes: number; inodes: number }>();
   const progress = ctx.progress({ label: 'cleanup', unit: 'entries', total: candidates.length }, candidates.length > 0);
   let report;
@@ -49,6 +51,7 @@ async function cleanup(ctx: Context, sn: Snapshotter): Promise<CleanupJson> {
   });
   return {
     removed,
+    abandoned: [...sn.recovered.abandoned.map((a) => a.key), ...report.abandoned],
     skipped: report.skipped,
     reclaimed: { bytes: gone.reduce((s, [, m]) => s + m.bytes, 0), inodes: gone.reduce((s, [, m]) => s + m.inodes, 0) },
   };
@@ -71,13 +74,18 @@ function pruneWarning(ctx: Context, o: PruneCliOptions): string {
   return `WARNING! This will remove ${what}${filters} that nothing keeps alive from ${ctx.root}.\nAre you sure you want to continue?`;
 }
 
-function pruneHuman(r: PruneReport, verbose: boolean): string {
-  let out = '';
+/** The line that names the snapshots open removed because their owner was gone, or ''. */
+function abandonedAtOpen(keys: readonly string[]): string {
+  return keys.length === 0 ? '' : `Removed at open, their owner being gone: ${keys.map(displayName).join(', ')}\n`;
+}
+
+function pruneHuman(r: PruneReport, verbose: boolean, atOpen: readonly string[]): string {
+  let out = abandonedAtOpen(atOpen);
   if (r.removed.length > 0) {
     out += r.dryRun ? 'Would delete:\n' : 'Deleted snapshots:\n';
     out += table(
       ['NAME', 'KIND', 'SIZE', 'INODES'],
-      r.removed.map((x) => [displayName(x.name), x.kind, humanSize(x.size), String(x.inodes)]),
+      r.removed.map((x) => [displayName(x.name), x.abandoned ? `${x.kind} (abandoned)` : x.kind, humanSize(x.size), String(x.inodes)]),
       ['left', 'left', 'right', 'right'],
     );
     out += '\n';
@@ -143,7 +151,7 @@ async function capabilities(ctx: Context): Promise<{ caps: CapabilitiesJson; not
 export function registerMaintenance(program: Command): void {
   program
     .command('cleanup')
-    .description('delete directories no snapshot owns (removed snapshots, crash leftovers) and report the space reclaimed')
+    .description('delete directories no snapshot owns (removed snapshots, crash leftovers) and abandoned snapshots (owner gone), and report the space reclaimed')
     .action(async (_opts: unknown, cmd: Command) => {
       const ctx = Context.of(cmd);
       const r = await ctx.with((sn) => cleanup(ctx, sn));
@@ -157,8 +165,9 @@ export function registerMaintenance(program: Command): void {
           );
         }
         for (const s of r.skipped) out += `skipped ${displayName(s.name)}: still mounted on ${s.mountPoints.join(', ')}\n`;
+        if (r.abandoned.length > 0) out += `removed abandoned snapshots (their owner is gone): ${r.abandoned.map(displayName).join(', ')}\n`;
         out +=
-          r.removed.length === 0
+          r.removed.length === 0 && r.abandoned.length === 0
             ? 'nothing to clean up\n'
             : `removed ${plural(r.removed.length, 'entry', 'entries')}, reclaimed ${humanSize(r.reclaimed.bytes)} (${plural(r.reclaimed.inodes, 'inode')})\n`;
         return out;
@@ -179,7 +188,9 @@ export function registerMaintenance(program: Command): void {
     .addHelpText('after', '\nOn a terminal it asks before removing anything, unless --force, --dry-run or --mark-only.\nWithout a terminal on stdin it does not ask.')
     .action(async (o: PruneCliOptions, cmd: Command) => {
       const ctx = Context.of(cmd);
+      let atOpen: string[] = [];
       const report = await ctx.with(async (sn) => {
+        atOpen = sn.recovered.abandoned.map((a) => a.key);
         if (!o.force && !o.dryRun && !o.markOnly && canPrompt() && !(await confirm(pruneWarning(ctx, o)))) {
           throw new ExitError('prune aborted: nothing removed', EXIT.FAILURE);
         }
@@ -199,20 +210,32 @@ export function registerMaintenance(program: Command): void {
           progress.stop();
         }
       });
-      ctx.output(report, () => pruneHuman(report, o.verbose === true));
+      ctx.output({ ...report, abandonedAtOpen: atOpen }, () => pruneHuman(report, o.verbose === true, atOpen));
     });
 
   program
     .command('check')
     .description('list inconsistencies between the records and snapshots/ (exit 7 when some remain)')
-    .option('--repair', 'fix what is safe to fix: remove unmounted orphans, recreate missing work dirs')
+    .option('--repair', 'fix what is safe to fix: remove unmounted orphans and abandoned snapshots, recreate missing work dirs')
     .action(async (o: { repair?: boolean }, cmd: Command) => {
       const ctx = Context.of(cmd);
-      const report = await ctx.with((sn) => sn.check({ repair: o.repair === true }));
+      const report = await ctx.with(async (sn) => {
+        const found = await sn.check({ repair: o.repair === true });
+        // Those the open before it removed are problems found and repaired.
+        const atOpen = sn.recovered.abandoned.map((a): CheckProblem => ({ problem: 'abandoned', key: a.key, path: a.path, owner: a.owner, repaired: true }));
+        return { ...found, problems: [...atOpen, ...found.problems] };
+      });
       // Stable JSON: every field present, null where it does not apply.
       const asJson = {
         ok: report.ok,
-        problems: report.problems.map((p) => ({ problem: p.problem, key: p.key ?? null, path: p.path, mountPoints: p.mountPoints ?? null, repaired: p.repaired })),
+        problems: report.problems.map((p) => ({
+          problem: p.problem,
+          key: p.key ?? null,
+          path: p.path,
+          mountPoints: p.mountPoints ?? null,
+          owner: p.owner ?? null,
+          repaired: p.repaired,
+        })),
         driver: report.driver,
         driverReason: report.driverReason,
       };
