@@ -23,6 +23,7 @@ import { deleteSnapshotDir } from './disk/trash.js';
 import { diskUsage } from './disk/usage.js';
 import { checkSyncable, forgetVolatile, readyVolatile, stampBoot } from './disk/volatile.js';
 import { type Capabilities, probeCapabilities } from './kernel/capabilities.js';
+import { wallClock } from './kernel/clock.js';
 import { fault } from './kernel/faults.js';
 import { errnoOf } from './kernel/libc.js';
 import { unmountAll } from './kernel/mount/index.js';
@@ -286,7 +287,7 @@ export class Snapshotter {
         }
         return keepFixed(current, next);
       },
-      Date.now(),
+      wallClock(),
     );
     this.store.durableNow();
     return this.toInfo(rec);
@@ -420,7 +421,7 @@ export class Snapshotter {
     };
     try {
       created = this.store.create(
-        { key, kind, parent: parentKey, labels, now: Date.now(), lateError },
+        { key, kind, parent: parentKey, labels, now: wallClock(), lateError },
         {
           stage: (chain) => {
             // Taken only once the checks passed, so that failed calls leave the pool as it was.
@@ -513,7 +514,7 @@ export class Snapshotter {
     }
     this.ensureOpen();
     fault('commit:before-transaction');
-    this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: Date.now() });
+    this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: wallClock() });
     fault('commit:after-transaction');
     this.store.durableNow();
   }
@@ -548,7 +549,7 @@ export class Snapshotter {
     }
     if (!volatile) return;
     forgetVolatile(dir);
-    this.store.updateLabels(key, (current) => withoutLabel(current, VOLATILE_LABEL), Date.now());
+    this.store.updateLabels(key, (current) => withoutLabel(current, VOLATILE_LABEL), wallClock());
     this.store.durableNow();
   }
 
@@ -683,7 +684,15 @@ export class Snapshotter {
   private toInfo(rec: Record_): Info {
     const labels = rec.labels;
     if (this.options.upperdirLabel && rec.kind !== 'committed') setLabel(labels, UPPERDIR_LABEL, fsDir(this.settings, rec.id));
-    const info: Info = { kind: rec.kind as Kind, name: rec.key, labels, created: new Date(rec.created), updated: new Date(rec.updated) };
+    const info: Info = {
+      kind: rec.kind as Kind,
+      name: rec.key,
+      labels,
+      created: new Date(rec.created),
+      createdNanos: rec.createdNanos,
+      updated: new Date(rec.updated),
+      updatedNanos: rec.updatedNanos,
+    };
     if (rec.parentName !== null) info.parent = rec.parentName;
     return info;
   }

@@ -23,10 +23,20 @@ export interface Info {
   parent?: string;
   /** Labels; always present, `{}` when there are none. */
   labels: Record<string, string>;
-  /** When the snapshot (or, for a committed one, the commit) was made. */
+  /** When the snapshot (or, for a committed one, the commit) was made, to the millisecond. */
   created: Date;
-  /** When the snapshot was last changed by `update` (equals `created` until then). */
+  /**
+   * Nanoseconds past `created`'s millisecond, 0 to 999,999: the clock's
+   * full precision, as containerd's Timestamps carry it. The time in
+   * nanoseconds since the epoch is
+   * `BigInt(created.getTime()) * 1_000_000n + BigInt(createdNanos)`.
+   * 0 for snapshots made before the store kept nanoseconds.
+   */
+  createdNanos: number;
+  /** When the snapshot was last changed by `update` (equals `created` until then), to the millisecond. */
   updated: Date;
+  /** Nanoseconds past `updated`'s millisecond, 0 to 999,999 (see `createdNanos`). */
+  updatedNanos: number;
 }
 
 /** Disk usage of a snapshot: allocated bytes (like `du -s`) and distinct inodes. */

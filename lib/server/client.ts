@@ -89,8 +89,9 @@ type Callback<Res> = (err: ServiceError | null, res: Res) => void;
 /**
  * The snapshotter behind a socket, with {@link Snapshotter}'s methods: the
  * same arguments, results and error classes (a status the library has no
- * class for comes as a {@link RemoteError}). Timestamps arrive to the
- * millisecond, what a Date holds.
+ * class for comes as a {@link RemoteError}). Timestamps arrive whole: a
+ * Date to the millisecond and the nanoseconds past it (`createdNanos`,
+ * `updatedNanos`), as the library gives them.
  */
 export class RemoteSnapshotter {
   private readonly client: SnapshotsClient;

@@ -30,19 +30,25 @@ export function kindFromWire(kind: number): Kind | undefined {
 }
 
 /**
- * A Date as a protobuf Timestamp. The library keeps milliseconds today, so
- * `nanos` is always a whole number of milliseconds (see docs/containerd.md).
+ * A time as the library gives it (a Date and the nanoseconds past its
+ * millisecond) as a protobuf Timestamp. Missing nanoseconds (an Info from a
+ * served object that has none) count as 0.
  */
-export function timestampOf(date: Date): Timestamp {
+export function timestampOf(date: Date, nanos: number | undefined): Timestamp {
   const ms = date.getTime();
   const seconds = Math.floor(ms / 1000);
-  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 };
+  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 + (nanos ?? 0) };
 }
 
 /** A Timestamp as a Date (to the millisecond, what a Date holds); the epoch when absent. */
 export function dateOf(ts: Timestamp | undefined): Date {
   if (ts === undefined) return new Date(0);
   return new Date(ts.seconds * 1000 + Math.floor(ts.nanos / 1_000_000));
+}
+
+/** The nanoseconds of a Timestamp past its millisecond (what {@link dateOf} leaves out); 0 when absent. */
+export function nanosOf(ts: Timestamp | undefined): number {
+  return ts === undefined ? 0 : ts.nanos % 1_000_000;
 }
 
 /** Labels as a plain object, keeping a key named `__proto__` as an own property. */
@@ -62,8 +68,8 @@ export function infoToWire(info: Info): WireInfo {
     name: info.name,
     parent: info.parent ?? '',
     kind: kindToWire(info.kind),
-    createdAt: timestampOf(info.created),
-    updatedAt: timestampOf(info.updated),
+    createdAt: timestampOf(info.created, info.createdNanos),
+    updatedAt: timestampOf(info.updated, info.updatedNanos),
     labels: labelMap(info.labels),
   };
 }
@@ -72,7 +78,15 @@ export function infoToWire(info: Info): WireInfo {
 export function infoFromWire(info: WireInfo): Info {
   const kind = kindFromWire(info.kind);
   if (kind === undefined) throw new InvalidArgumentError(`snapshot ${JSON.stringify(info.name)} came with unknown kind ${info.kind}`);
-  const out: Info = { kind, name: info.name, labels: labelsOf(info.labels), created: dateOf(info.createdAt), updated: dateOf(info.updatedAt) };
+  const out: Info = {
+    kind,
+    name: info.name,
+    labels: labelsOf(info.labels),
+    created: dateOf(info.createdAt),
+    createdNanos: nanosOf(info.createdAt),
+    updated: dateOf(info.updatedAt),
+    updatedNanos: nanosOf(info.updatedAt),
+  };
   if (info.parent !== '') out.parent = info.parent;
   return out;
 }

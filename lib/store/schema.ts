@@ -42,31 +42,37 @@ export const MIGRATIONS: readonly string[] = [
      snapshot INTEGER PRIMARY KEY REFERENCES snapshots(id),
      marked   INTEGER NOT NULL
    );`,
+  // 3: the nanoseconds past \`created\`'s and \`updated\`'s millisecond (0..999999), so that
+  // times keep the clock's precision. The millisecond columns stay what prune filters on.
+  // ADD COLUMN with a constant default rewrites no row: records made before read 0.
+  `ALTER TABLE snapshots ADD COLUMN created_ns INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE snapshots ADD COLUMN updated_ns INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export const KIND_CODE: Record<Kind, number> = { view: 0, active: 1, committed: 2 };
 const KIND_NAME: readonly Kind[] = ['view', 'active', 'committed'];
 
-export type RawRow = [number, string, number, number | null, number, number, number, number];
-export type RawRecord = [...RawRow, string | null];
+export type RawRow = [number, string, number, number | null, number, number, number, number, number, number];
 
-export const ROW_COLUMNS = 's.id, s.key, s.kind, s.parent, s.created, s.updated, s.size, s.inodes';
+export const ROW_COLUMNS = 's.id, s.key, s.kind, s.parent, s.created, s.updated, s.size, s.inodes, s.created_ns, s.updated_ns';
 
-export function toRow(r: RawRow | RawRecord): Row {
+export function toRow(r: RawRow): Row {
   return {
     id: r[0],
     key: r[1],
     kind: KIND_NAME[r[2]]!,
     parent: r[3],
     created: r[4],
+    createdNanos: r[8],
     updated: r[5],
+    updatedNanos: r[9],
     size: r[6],
     inodes: r[7],
   };
 }
 
-/** A raw record followed by its labels as a JSON object (`json_group_object`). */
-export type RawFull = [...RawRecord, string | null];
+/** A raw row followed by its parent's key and its labels as a JSON object (`json_group_object`). */
+export type RawFull = [...RawRow, string | null, string | null];
 
 /**
  * The columns of a record with its parent's name and its labels in one
@@ -82,12 +88,14 @@ export function toRecord(r: RawFull): Record_ {
     kind: KIND_NAME[r[2]]!,
     parent: r[3],
     created: r[4],
+    createdNanos: r[8],
     updated: r[5],
+    updatedNanos: r[9],
     size: r[6],
     inodes: r[7],
-    parentName: r[8],
+    parentName: r[10],
     // JSON.parse makes own properties, `__proto__` included, as setLabel does.
-    labels: r[9] === null || r[9] === '{}' ? {} : (JSON.parse(r[9]) as Record<string, string>),
+    labels: r[11] === null || r[11] === '{}' ? {} : (JSON.parse(r[11]) as Record<string, string>),
   };
 }
 
@@ -99,7 +107,9 @@ export function copyRecord(r: Record_): Record_ {
     kind: r.kind,
     parent: r.parent,
     created: r.created,
+    createdNanos: r.createdNanos,
     updated: r.updated,
+    updatedNanos: r.updatedNanos,
     size: r.size,
     inodes: r.inodes,
     parentName: r.parentName,
@@ -108,7 +118,18 @@ export function copyRecord(r: Record_): Record_ {
 }
 
 export function copyRow(r: Row): Row {
-  return { id: r.id, key: r.key, kind: r.kind, parent: r.parent, created: r.created, updated: r.updated, size: r.size, inodes: r.inodes };
+  return {
+    id: r.id,
+    key: r.key,
+    kind: r.kind,
+    parent: r.parent,
+    created: r.created,
+    createdNanos: r.createdNanos,
+    updated: r.updated,
+    updatedNanos: r.updatedNanos,
+    size: r.size,
+    inodes: r.inodes,
+  };
 }
 
 /** Sort key for a UTF-16 code unit such that code-unit order becomes code-point (= UTF-8 byte) order. */

@@ -28,7 +28,7 @@ import {
   q,
 } from '../model/errors.js';
 import type { Filter, Selector } from '../model/filters.js';
-import type { Record_, Row } from '../model/record.js';
+import type { Record_, Row, WallTime } from '../model/record.js';
 import type { Kind } from '../model/types.js';
 import { ReadCache } from './read-cache.js';
 import {
@@ -56,7 +56,7 @@ export interface CreateRequest {
   kind: 'active' | 'view';
   parent: string;
   labels: Readonly<Record<string, string>>;
-  now: number;
+  now: WallTime;
   /** An input problem that semantics.md orders after the parent checks. */
   lateError?: Error | undefined;
 }
@@ -125,13 +125,13 @@ export class Store {
   private readonly sParentOf: Database.Statement<[number], [number | null, number]>;
   private readonly sHasChild: Database.Statement<[number], [number]>;
   private readonly sCountChildren: Database.Statement<[number], [number]>;
-  private readonly sInsert: Database.Statement<[string, number, number | null, number, number]>;
+  private readonly sInsert: Database.Statement<[string, number, number | null, number, number, number, number]>;
   private readonly sInsertLabel: Database.Statement<[number, string, string]>;
   private readonly sDeleteLabels: Database.Statement<[number]>;
   private readonly sDelete: Database.Statement<[number]>;
   private readonly sDeleteMark: Database.Statement<[number]>;
-  private readonly sCommit: Database.Statement<[string, number, number, number, number, number]>;
-  private readonly sTouch: Database.Statement<[number, number]>;
+  private readonly sCommit: Database.Statement<[string, number, number, number, number, number, number, number]>;
+  private readonly sTouch: Database.Statement<[number, number, number]>;
   private readonly sIds: Database.Statement<[], [number]>;
   private readonly sRecord: Database.Statement<[string], RawFull>;
   private readonly sRecordById: Database.Statement<[number], RawFull>;
@@ -154,15 +154,15 @@ export class Store {
     this.sParentOf = db.prepare<[number], [number | null, number]>('SELECT parent, kind FROM snapshots WHERE id = ?').raw();
     this.sHasChild = db.prepare<[number], [number]>('SELECT 1 FROM snapshots WHERE parent = ? LIMIT 1').raw();
     this.sCountChildren = db.prepare<[number], [number]>('SELECT count(*) FROM snapshots WHERE parent = ?').raw();
-    this.sInsert = db.prepare('INSERT INTO snapshots (key, kind, parent, created, updated) VALUES (?, ?, ?, ?, ?)');
+    this.sInsert = db.prepare('INSERT INTO snapshots (key, kind, parent, created, created_ns, updated, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.sInsertLabel = db.prepare('INSERT INTO labels (snapshot, key, value) VALUES (?, ?, ?)');
     this.sDeleteLabels = db.prepare('DELETE FROM labels WHERE snapshot = ?');
     this.sDelete = db.prepare('DELETE FROM snapshots WHERE id = ?');
     this.sDeleteMark = db.prepare('DELETE FROM prune_marks WHERE snapshot = ?');
     this.sCommit = db.prepare(
-      `UPDATE snapshots SET key = ?, kind = ${KIND_CODE.committed}, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?`,
+      `UPDATE snapshots SET key = ?, kind = ${KIND_CODE.committed}, created = ?, created_ns = ?, updated = ?, updated_ns = ?, size = ?, inodes = ? WHERE id = ?`,
     );
-    this.sTouch = db.prepare('UPDATE snapshots SET updated = ? WHERE id = ?');
+    this.sTouch = db.prepare('UPDATE snapshots SET updated = ?, updated_ns = ? WHERE id = ?');
     this.sIds = db.prepare<[], [number]>('SELECT id FROM snapshots').raw();
     this.reads = new ReadCache(file, db, this.header, this.sRecord);
   }
@@ -343,7 +343,8 @@ export class Store {
       if (req.lateError) throw req.lateError;
       const chain = this.chain(parentId);
       hooks.stage(chain);
-      const id = Number(this.sInsert.run(req.key, KIND_CODE[req.kind], parentId, req.now, req.now).lastInsertRowid);
+      const now = req.now;
+      const id = Number(this.sInsert.run(req.key, KIND_CODE[req.kind], parentId, now.ms, now.ns, now.ms, now.ns).lastInsertRowid);
       for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(id, k, v);
       hooks.place(id, chain);
       return { id, chain };
@@ -371,13 +372,14 @@ export class Store {
   }
 
   /** Turns the active `key` (which must still be record `id`) into the committed `name`. Hot: commit. */
-  commit(req: { name: string; key: string; id: number; labels: Readonly<Record<string, string>>; size: number; inodes: number; now: number }): void {
+  commit(req: { name: string; key: string; id: number; labels: Readonly<Record<string, string>>; size: number; inodes: number; now: WallTime }): void {
     this.write(() => {
       const row = this.commitTarget(req.name, req.key);
       if (row.id !== req.id) {
         throw new NotFoundError(`snapshot ${q(req.key)} was removed and recreated while it was being committed; commit the new one again`);
       }
-      this.sCommit.run(req.name, req.now, req.now, req.size, req.inodes, row.id);
+      const now = req.now;
+      this.sCommit.run(req.name, now.ms, now.ns, now.ms, now.ns, req.size, req.inodes, row.id);
       this.sDeleteLabels.run(row.id);
       for (const [k, v] of Object.entries(req.labels)) this.sInsertLabel.run(row.id, k, v);
       if (this.committedParent.size < 1_000_000) this.committedParent.set(row.id, row.parent);
@@ -435,17 +437,22 @@ export class Store {
 
   /**
    * Changes the labels of `key`: `mutate` gets the current labels and
-   * returns the new ones (it may throw to abort). Bumps `updated`.
+   * returns the new ones (it may throw to abort). Bumps `updated` to `now`,
+   * or to `created` should the clock have been set back since: an updated
+   * time never precedes the created one.
    */
-  updateLabels(key: string, mutate: (current: Record<string, string>) => Record<string, string>, now: number): Record_ {
+  updateLabels(key: string, mutate: (current: Record<string, string>) => Record<string, string>, now: WallTime): Record_ {
     return this.write(() => {
       const current = this.recordOf(key);
       if (current === undefined) throw new NotFoundError(`snapshot ${q(key)} not found; nothing to update`);
       const next = mutate(current.labels);
       this.sDeleteLabels.run(current.id);
       for (const [k, v] of Object.entries(next)) this.sInsertLabel.run(current.id, k, v);
-      this.sTouch.run(now, current.id);
-      return { ...current, labels: next, updated: now };
+      const behind = now.ms < current.created || (now.ms === current.created && now.ns < current.createdNanos);
+      const ms = behind ? current.created : now.ms;
+      const ns = behind ? current.createdNanos : now.ns;
+      this.sTouch.run(ms, ns, current.id);
+      return { ...current, labels: next, updated: ms, updatedNanos: ns };
     });
   }
 

@@ -30,6 +30,7 @@ import {
   type Info,
   type SnapshotterOptions,
 } from '../../lib/index.js';
+import { wallClock } from '../../lib/kernel/clock.js';
 import { snapshotEntries, withMounted, withSnapshotter } from './fixtures.js';
 import { mountTestOptions } from './require-mount.js';
 
@@ -58,6 +59,19 @@ function code(expected: string) {
     assert.equal((err as { code?: string }).code, expected, `expected ${expected}, got ${String(err)}`);
     return true;
   };
+}
+
+/** The wall clock the library reads (CLOCK_REALTIME), in nanoseconds since the epoch, as containerd's time.Now(). */
+function clockNs(): bigint {
+  const now = wallClock();
+  return BigInt(now.ms) * 1_000_000n + BigInt(now.ns);
+}
+
+/** An Info's time in nanoseconds since the epoch. */
+function nanosOf(info: Info, which: 'created' | 'updated'): bigint {
+  const nanos = which === 'created' ? info.createdNanos : info.updatedNanos;
+  assert.ok(Number.isInteger(nanos) && nanos >= 0 && nanos < 1_000_000, `${which}Nanos ${nanos} is 0 to 999,999`);
+  return BigInt(info[which].getTime()) * 1_000_000n + BigInt(nanos);
 }
 
 const NOT_FOUND = code('ERR_NOT_FOUND');
@@ -394,7 +408,39 @@ export function conformance(config: SuiteConfig): void {
         assert.equal(ctr.kind, 'active');
         assert.equal(ctr.parent, 'base');
         assert.deepEqual(userLabels(ctr), { a: '1' }, 'a label set to "" is not stored');
-        assert.equal(ctr.created.getTime(), ctr.updated.getTime());
+        for (const info of [base, ctr]) assert.equal(nanosOf(info, 'updated'), nanosOf(info, 'created'), `${info.name}: created == updated, to the nanosecond`);
+      }));
+
+      test('each time lies between wall-clock reads just before and just after its call, to the nanosecond, as containerd\'s tests check', run(async (sn) => {
+        const within = async <T>(call: () => Promise<T>): Promise<[bigint, bigint, T]> => {
+          const before = clockNs();
+          const out = await call();
+          return [before, clockNs(), out];
+        };
+        const check = (what: string, [before, after]: [bigint, bigint, unknown], time: bigint) =>
+          assert.ok(before <= time && time <= after, `${what}: ${time} outside [${before}, ${after}]`);
+        const prepared = await within(() => sn.prepare('a'));
+        check('prepare', prepared, nanosOf(await sn.stat('a'), 'created'));
+        // At once, most likely within the same millisecond: updated must still not precede created.
+        const updated = await within(() => sn.update({ name: 'a', labels: { k: 'v' } }));
+        check('update', updated, nanosOf(updated[2], 'updated'));
+        assert.ok(nanosOf(updated[2], 'updated') >= nanosOf(updated[2], 'created'), 'updated >= created');
+        const committed = await within(() => sn.commit('c', 'a'));
+        const c = await sn.stat('c');
+        check('commit', committed, nanosOf(c, 'created'));
+        assert.equal(nanosOf(c, 'updated'), nanosOf(c, 'created'));
+        const viewed = await within(() => sn.view('v', 'c'));
+        check('view', viewed, nanosOf(await sn.stat('v'), 'created'));
+        for (let i = 0; i < 3; i++) {
+          const again = await within(() => sn.update({ name: 'v', labels: { i: String(i) } }));
+          check(`update ${i}`, again, nanosOf(again[2], 'updated'));
+        }
+        const walked = new Map<string, Info>();
+        await sn.walk((info) => void walked.set(info.name, info));
+        for (const key of ['c', 'v']) {
+          const info = await sn.stat(key);
+          assert.deepEqual([walked.get(key)!.createdNanos, walked.get(key)!.updatedNanos], [info.createdNanos, info.updatedNanos], `walk and stat agree on ${key}`);
+        }
       }));
 
       test('update without fieldpaths replaces all labels and bumps updated', run(async (sn) => {

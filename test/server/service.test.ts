@@ -5,10 +5,10 @@
  * requests that must be refused without harm.
  */
 import assert from 'node:assert/strict';
-import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
 import { Metadata, type ServiceError, makeGenericClientConstructor, credentials, status as Status } from '@grpc/grpc-js';
 import type { Snapshotter } from '../../lib/index.js';
+import { wallClock } from '../../lib/kernel/clock.js';
 import { RemoteError, type ServedSnapshotter, connect } from '../../lib/server/index.js';
 import { Kind, type ListSnapshotsResponse, type SnapshotsClient } from '../../lib/server/gen/containerd/services/snapshots/v1/snapshots.js';
 import { withSnapshotter } from '../helpers/fixtures.js';
@@ -175,35 +175,42 @@ test('containerd\'s keys and labels pass through untouched and filter as contain
   }
 }));
 
-test('timestamps travel as protobuf Timestamps holding every digit the store keeps', withServer(async (raw, sn) => {
+test('timestamps travel as protobuf Timestamps holding every digit the store keeps, and the client gives them back whole', withServer(async (raw, sn, address) => {
   await sn.prepare('a');
   await new Promise((r) => setTimeout(r, 3));
   const updated = await sn.update({ name: 'a', labels: { k: 'v' } });
   const res = await rawCall<{ info?: { createdAt?: { seconds: number; nanos: number }; updatedAt?: { seconds: number; nanos: number } } }>((cb) => raw.stat({ snapshotter: '', key: 'a' }, cb));
-  const asMs = (ts: { seconds: number; nanos: number } | undefined) => ts!.seconds * 1000 + ts!.nanos / 1e6;
-  assert.equal(asMs(res.info!.createdAt), updated.created.getTime());
-  assert.equal(asMs(res.info!.updatedAt), updated.updated.getTime());
-  assert.ok(res.info!.updatedAt!.nanos >= 0 && res.info!.updatedAt!.nanos < 1e9);
+  const ns = (ts: { seconds: number; nanos: number } | undefined) => BigInt(ts!.seconds) * 1_000_000_000n + BigInt(ts!.nanos);
+  const local = (date: Date, nanos: number) => BigInt(date.getTime()) * 1_000_000n + BigInt(nanos);
+  assert.equal(ns(res.info!.createdAt), local(updated.created, updated.createdNanos));
+  assert.equal(ns(res.info!.updatedAt), local(updated.updated, updated.updatedNanos));
+  for (const ts of [res.info!.createdAt!, res.info!.updatedAt!]) assert.ok(Number.isInteger(ts.nanos) && ts.nanos >= 0 && ts.nanos < 1e9);
+  const client = connect(address);
+  try {
+    assert.deepEqual(await client.stat('a'), updated);
+  } finally {
+    await client.close();
+  }
 }));
 
-test(
-  'an updated time lies between clock reads just before and just after the call, as containerd\'s snapshotter tests check',
-  { todo: 'the store keeps milliseconds, so the updated time falls before the call began; nanosecond timestamps come with the store split (issue 15, point 3; plan in docs/containerd.md)' },
-  withServer(async (raw, sn) => {
-    await sn.prepare('a');
-    const nowNs = () => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
-    for (let i = 0; i < 3; i++) {
-      const before = nowNs();
-      const res = await rawCall<{ info?: { updatedAt?: { seconds: number; nanos: number } } }>((cb) =>
-        raw.update({ snapshotter: '', info: { name: 'a', parent: '', kind: Kind.UNKNOWN, createdAt: undefined, updatedAt: undefined, labels: new Map([['i', String(i)]]) }, updateMask: [] }, cb),
-      );
-      const after = nowNs();
-      const ts = res.info!.updatedAt!;
-      const updated = BigInt(ts.seconds) * 1_000_000_000n + BigInt(ts.nanos);
-      assert.ok(before <= updated && updated <= after, `updated ${updated} outside [${before}, ${after}]`);
-    }
-  }),
-);
+test('an updated time lies between clock reads just before and just after the call, as containerd\'s snapshotter tests check', withServer(async (raw, sn) => {
+  await sn.prepare('a');
+  // The wall clock (CLOCK_REALTIME), as Go's time.Now() reads it on containerd's side.
+  const nowNs = () => {
+    const now = wallClock();
+    return BigInt(now.ms) * 1_000_000n + BigInt(now.ns);
+  };
+  for (let i = 0; i < 3; i++) {
+    const before = nowNs();
+    const res = await rawCall<{ info?: { updatedAt?: { seconds: number; nanos: number } } }>((cb) =>
+      raw.update({ snapshotter: '', info: { name: 'a', parent: '', kind: Kind.UNKNOWN, createdAt: undefined, updatedAt: undefined, labels: new Map([['i', String(i)]]) }, updateMask: [] }, cb),
+    );
+    const after = nowNs();
+    const ts = res.info!.updatedAt!;
+    const updated = BigInt(ts.seconds) * 1_000_000_000n + BigInt(ts.nanos);
+    assert.ok(before <= updated && updated <= after, `updated ${updated} outside [${before}, ${after}]`);
+  }
+}));
 
 test('Commit with a parent (containerd 2.x) passes when it is the active\'s parent and is refused otherwise', withServer(async (raw, sn) => {
   await sn.prepare('base-a');
