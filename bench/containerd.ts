@@ -7,25 +7,32 @@
  *   (c) ours in-process (the library called directly)
  *   (d) ours over our own socket, no containerd between
  *
- *   npx tsx bench/containerd.ts [--quick] [--runs N] [--json FILE] [--dir DIR]
+ *   npx tsx bench/containerd.ts [--quick] [--runs N] [--json FILE] [--dir DIR] [--syncs]
  *
  * Workloads (bench-workloads.md): W1 layer chain, W2 container fan-out,
  * a W8-like cycle (prepare, mount, unmount, remove on a 20-layer parent),
- * and W3-like lookups (stat, mounts) for the cost of one call. The four
- * configurations take turns run by run (the order rotates), on one
- * filesystem, with one containerd and two server processes for the whole
- * bench. Needs root, containerd, ctr and runc; the containerd is the
- * tests' own (temp dirs, private mount namespace), never the machine's.
+ * and W3-like lookups (stat, mounts) for the cost of one call. Within each
+ * workload the four configurations take turns block by block (a tenth of
+ * the workload each, the order rotating, a `sync` before each block), so
+ * that a change of the machine's load (other jobs) falls on all four
+ * alike; a run's rate for a configuration is its operations over the time
+ * of its own blocks. All on one filesystem, with one containerd and two
+ * server processes for the whole bench. Needs root, containerd, ctr and
+ * runc; the containerd is the tests' own (temp dirs, private mount
+ * namespace), never the machine's.
  *
  * containerd forgets a removed snapshot at once and deletes it from the
- * snapshotter at its next garbage collection: for (a) and (b) the timed
- * removals end with one synchronous collection (`ctr leases rm --sync`),
- * so that they include the snapshotter's own removals. Our servers and
- * library run without `durableLayers`, doing the work containerd's
- * overlayfs does (metadata durable, layer data left to writeback).
+ * snapshotter at its next garbage collection: for (a) and (b) each timed
+ * block of removals ends with one synchronous collection (`ctr leases rm
+ * --sync`), so that it includes the snapshotter's own removals. Both sides
+ * make metadata durable at each call and leave layer data to writeback:
+ * containerd's overlayfs commits its bolt database (fdatasync) and does
+ * not sync layers; our servers and library run without `durableLayers`
+ * (one fdatasync of the WAL per call). `--syncs` counts, with strace, the
+ * syncs each process makes per call.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -54,6 +61,7 @@ interface Args {
   runs: number;
   json: string | undefined;
   dir: string;
+  syncs: boolean;
 }
 
 /** The JSON document `--json` writes. */
@@ -64,14 +72,16 @@ export interface ContainerdBenchReport {
   date: string;
   sizes: { w1Chain: number; w2Containers: number; w8Cycles: number; lookups: number };
   machine: { cpu: string; cpus: number; memoryGiB: number; kernel: string; node: string; containerd: string; base: string };
-  /** Throughput rows: per-run samples and medians for each configuration. */
-  rows: { id: string; label: string; unit: 'ops/s'; samples: Record<Config, number[]>; median: Record<Config, number>; bVsA: number }[];
+  /** Throughput rows: per-run samples and medians for each configuration; `bVsA` is the median of the runs' (b)÷(a). */
+  rows: { id: string; label: string; unit: 'ops/s'; samples: Record<Config, number[]>; median: Record<Config, number>; bVsA: number; bVsASamples: number[] }[];
   /** Median latency of each call in µs, over every call of every run, and the hop (d − c). */
   calls: { op: Op; medianUs: Record<Config, number>; hopUs: number; count: Record<Config, number> }[];
+  /** With `--syncs`: syncs per call of containerd and of our proxy server, for (a) and (b). */
+  syncs?: { config: 'a' | 'b'; op: string; containerd: Record<string, number>; ours: Record<string, number> }[];
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, runs: 5, json: undefined, dir: join(tmpdir(), 'ovl-bench-containerd') };
+  const args: Args = { quick: false, runs: 5, json: undefined, dir: join(tmpdir(), 'ovl-bench-containerd'), syncs: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => {
@@ -83,7 +93,8 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--runs') args.runs = Number(value());
     else if (a === '--json') args.json = value();
     else if (a === '--dir') args.dir = value();
-    else throw new Error(`unknown argument ${a}; usage: bench/containerd.ts [--quick] [--runs N] [--json FILE] [--dir DIR]`);
+    else if (a === '--syncs') args.syncs = true;
+    else throw new Error(`unknown argument ${a}; usage: bench/containerd.ts [--quick] [--runs N] [--json FILE] [--dir DIR] [--syncs]`);
   }
   if (!Number.isInteger(args.runs) || args.runs < 1) throw new Error('--runs needs a positive integer');
   return args;
@@ -138,11 +149,34 @@ async function dropChain(t: Target, p: string, depth: number, name = (i: number)
   for (let i = depth; i >= 1; i--) await t.remove(name(i));
 }
 
-async function rateOf(n: number, fn: () => Promise<void>): Promise<number> {
-  syncAll();
-  const start = performance.now();
-  await fn();
-  return n / ((performance.now() - start) / 1000);
+/** Blocks a workload is cut into: the configurations take turns block by block. */
+const BLOCKS = 10;
+
+/**
+ * Runs `blocks` rounds; in each, every side does its block `b` of `work`
+ * (which returns how many operations it made), the order rotating, each
+ * block timed after a `sync`. Returns each side's operations per second
+ * over its own blocks.
+ */
+async function interleaved(sides: readonly Side[], blocks: number, work: (side: Side, block: number) => Promise<number>): Promise<Record<Config, number>> {
+  const ops: Record<Config, number> = { a: 0, b: 0, c: 0, d: 0 };
+  const secs: Record<Config, number> = { a: 0, b: 0, c: 0, d: 0 };
+  for (let b = 0; b < blocks; b++) {
+    for (let i = 0; i < sides.length; i++) {
+      const side = sides[(i + b) % sides.length]!;
+      syncAll();
+      const start = performance.now();
+      ops[side.config] += await work(side, b);
+      secs[side.config] += (performance.now() - start) / 1000;
+    }
+  }
+  return { a: ops.a / secs.a, b: ops.b / secs.b, c: ops.c / secs.c, d: ops.d / secs.d };
+}
+
+/** Items `[from, to]` (1-based) of block `b` when `n` items are cut into `blocks`. */
+function slice(n: number, blocks: number, b: number): [number, number] {
+  const size = Math.ceil(n / blocks);
+  return [b * size + 1, Math.min(n, (b + 1) * size)];
 }
 
 interface Sizes {
@@ -154,72 +188,144 @@ interface Sizes {
 
 type Samples = Record<string, Record<Config, number[]>>;
 
-/** W1: prepare on the previous layer, 4 KiB into the upper dir, commit; the chain grows to `n`. */
-async function w1(side: Side, run: number, n: number, lat: Latencies, samples: Samples): Promise<void> {
-  const t = timed(side.target(run), lat[side.config]);
-  const p = `${side.prefix(run)}w1/`;
-  const name = (i: number) => `${p}c-${i}`;
-  samples['W1.steps']![side.config].push(
-    await rateOf(n, async () => {
-      let parent = '';
-      for (let i = 1; i <= n; i++) {
-        writeFileSync(`${upperOf(await t.prepare(`${p}a-${i}`, parent))}/file`, DATA);
-        await t.commit(name(i), `${p}a-${i}`);
-        parent = name(i);
-      }
-    }),
-  );
-  await dropChain(side.target(run), p, n, name);
-  await side.collect(run);
+function record(samples: Samples, id: string, rates: Record<Config, number>, sides: readonly Side[]): void {
+  for (const side of sides) samples[id]![side.config].push(rates[side.config]);
+}
+
+/** W1: prepare on the previous layer, 4 KiB into the upper dir, commit; each chain grows to `n`. */
+async function w1(sides: readonly Side[], run: number, n: number, lat: Latencies, samples: Samples): Promise<void> {
+  const parents = new Map<Config, string>();
+  const name = (side: Side, i: number) => `${side.prefix(run)}w1/c-${i}`;
+  const rates = await interleaved(sides, BLOCKS, async (side, b) => {
+    const t = timed(side.target(run), lat[side.config]);
+    const [from, to] = slice(n, BLOCKS, b);
+    let parent = parents.get(side.config) ?? '';
+    for (let i = from; i <= to; i++) {
+      const key = `${side.prefix(run)}w1/a-${i}`;
+      writeFileSync(`${upperOf(await t.prepare(key, parent))}/file`, DATA);
+      await t.commit(name(side, i), key);
+      parent = name(side, i);
+    }
+    parents.set(side.config, parent);
+    return to - from + 1;
+  });
+  record(samples, 'W1.steps', rates, sides);
+  for (const side of sides) {
+    await dropChain(side.target(run), '', n, (i) => name(side, i));
+    await side.collect(run);
+  }
 }
 
 /** W2: `m` containers on a depth-10 parent, prepared then removed; W3-like lookups between. */
-async function w2(side: Side, run: number, sizes: Sizes, lat: Latencies, samples: Samples): Promise<void> {
-  const plain = side.target(run);
-  const t = timed(plain, lat[side.config]);
-  const p = `${side.prefix(run)}w2/`;
-  const top = await chain(plain, p, 10);
+async function w2(sides: readonly Side[], run: number, sizes: Sizes, lat: Latencies, samples: Samples | undefined): Promise<void> {
   const m = sizes.w2Containers;
-  samples['W2.prepare']![side.config].push(
-    await rateOf(m, async () => {
-      for (let j = 1; j <= m; j++) await t.prepare(`${p}ctr-${j}`, top);
-    }),
-  );
-  for (let i = 0; i < sizes.lookups; i++) {
-    const key = `${p}ctr-${1 + ((i * 7919) % m)}`;
-    await t.stat(key);
-    await t.mounts(key);
+  const p = (side: Side) => `${side.prefix(run)}w2/`;
+  const tops = new Map<Config, string>();
+  for (const side of sides) tops.set(side.config, await chain(side.target(run), p(side), 10));
+  const blocks = Math.min(BLOCKS, m);
+  const prepared = await interleaved(sides, blocks, async (side, b) => {
+    const t = timed(side.target(run), lat[side.config]);
+    const [from, to] = slice(m, blocks, b);
+    for (let j = from; j <= to; j++) await t.prepare(`${p(side)}ctr-${j}`, tops.get(side.config)!);
+    return to - from + 1;
+  });
+  await interleaved(sides, blocks, async (side, b) => {
+    const t = timed(side.target(run), lat[side.config]);
+    const [from, to] = slice(sizes.lookups, blocks, b);
+    for (let i = from; i <= to; i++) {
+      const key = `${p(side)}ctr-${1 + ((i * 7919) % m)}`;
+      await t.stat(key);
+      await t.mounts(key);
+    }
+    return to - from + 1;
+  });
+  const removed = await interleaved(sides, blocks, async (side, b) => {
+    const t = timed(side.target(run), lat[side.config]);
+    const [from, to] = slice(m, blocks, b);
+    for (let j = from; j <= to; j++) await t.remove(`${p(side)}ctr-${j}`);
+    await side.collect(run);
+    return to - from + 1;
+  });
+  if (samples !== undefined) {
+    record(samples, 'W2.prepare', prepared, sides);
+    record(samples, 'W2.remove', removed, sides);
   }
-  samples['W2.remove']![side.config].push(
-    await rateOf(m, async () => {
-      for (let j = 1; j <= m; j++) await t.remove(`${p}ctr-${j}`);
-      await side.collect(run);
-    }),
-  );
-  await dropChain(plain, p, 10);
-  await side.collect(run);
+  for (const side of sides) {
+    await dropChain(side.target(run), p(side), 10);
+    await side.collect(run);
+  }
 }
 
 /** W8-like: prepare on a 20-layer parent, mount, unmount, remove. */
-async function w8(side: Side, run: number, cycles: number, target: string, lat: Latencies, samples: Samples): Promise<void> {
-  const plain = side.target(run);
-  const t = timed(plain, lat[side.config]);
-  const p = `${side.prefix(run)}w8/`;
-  const top = await chain(plain, p, 20);
-  const cycle = async (key: string, tt: Target) => {
-    await mountAll(await tt.prepare(key, top), target);
+async function w8(sides: readonly Side[], run: number, cycles: number, target: string, lat: Latencies, samples: Samples): Promise<void> {
+  const p = (side: Side) => `${side.prefix(run)}w8/`;
+  const tops = new Map<Config, string>();
+  const cycle = async (side: Side, key: string, t: Target) => {
+    await mountAll(await t.prepare(key, tops.get(side.config)!), target);
     await unmountAll(target);
-    await tt.remove(key);
+    await t.remove(key);
   };
-  for (let i = 0; i < 3; i++) await cycle(`${p}warm-${i}`, plain);
-  samples['W8.cycles']![side.config].push(
-    await rateOf(cycles, async () => {
-      for (let i = 0; i < cycles; i++) await cycle(`${p}ctr-${i}`, t);
-      await side.collect(run);
-    }),
-  );
-  await dropChain(plain, p, 20);
-  await side.collect(run);
+  for (const side of sides) {
+    tops.set(side.config, await chain(side.target(run), p(side), 20));
+    for (let i = 0; i < 3; i++) await cycle(side, `${p(side)}warm-${i}`, side.target(run));
+  }
+  const blocks = Math.min(BLOCKS, cycles);
+  const rates = await interleaved(sides, blocks, async (side, b) => {
+    const t = timed(side.target(run), lat[side.config]);
+    const [from, to] = slice(cycles, blocks, b);
+    for (let i = from; i <= to; i++) await cycle(side, `${p(side)}ctr-${i}`, t);
+    await side.collect(run);
+    return to - from + 1;
+  });
+  record(samples, 'W8.cycles', rates, sides);
+  for (const side of sides) {
+    await dropChain(side.target(run), p(side), 20);
+    await side.collect(run);
+  }
+}
+
+/** strace's counts (`-c`) of the sync calls in `file`, per call of the phase (`n` calls). */
+function syncCounts(file: string, n: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const cols = line.trim().split(/\s+/);
+    // % time, seconds, usecs/call, calls, [errors], syscall
+    if (cols.length < 5 || !/^\d/.test(cols[0]!) || cols[cols.length - 1] === 'total') continue;
+    out[cols[cols.length - 1]!] = Number(cols[3]) / n;
+  }
+  return out;
+}
+
+/** `--syncs`: the syncs containerd and our proxy server make per call, for 50 calls of each kind through (a) and (b). */
+async function countSyncs(ctd: Containerd, proxyPid: number, base: string, collect: (run: number) => Promise<void>): Promise<NonNullable<ContainerdBenchReport['syncs']>> {
+  const n = 50;
+  const out: NonNullable<ContainerdBenchReport['syncs']> = [];
+  const run = 0;
+  for (const [config, snapshotter] of [['a', 'overlayfs'], ['b', 'ovl']] as const) {
+    const client = connect(ctd.address, { snapshotter, namespace: `bench-${run}`, lease: 'bench' });
+    try {
+      for (const op of ['prepare', 'commit', 'remove + collection'] as const) {
+        const files = [join(base, `syncs-ctd-${config}.txt`), join(base, `syncs-ours-${config}.txt`)];
+        const tracers = [ctd.pid, proxyPid].map((pid, i) =>
+          spawn('strace', ['-f', '-c', '-e', 'trace=fsync,fdatasync,syncfs,sync_file_range,sync,msync', '-o', files[i]!, '-p', String(pid)], { stdio: 'ignore' }),
+        );
+        await new Promise((r) => setTimeout(r, 1000));
+        for (let i = 0; i < n; i++) {
+          if (op === 'prepare') writeFileSync(`${upperOf(await client.prepare(`syncs-a-${i}`))}/file`, DATA);
+          else if (op === 'commit') await client.commit(`syncs-c-${i}`, `syncs-a-${i}`);
+          else await client.remove(`syncs-c-${i}`);
+        }
+        if (op === 'remove + collection') await collect(run);
+        await new Promise((r) => setTimeout(r, 300));
+        for (const t of tracers) t.kill('SIGINT');
+        await Promise.all(tracers.map((t) => new Promise((r) => t.once('exit', r))));
+        out.push({ config, op, containerd: syncCounts(files[0]!, n), ours: syncCounts(files[1]!, n) });
+      }
+    } finally {
+      await client.close();
+    }
+  }
+  return out;
 }
 
 async function main(): Promise<void> {
@@ -293,24 +399,26 @@ async function main(): Promise<void> {
     const samples: Samples = Object.fromEntries(Object.keys(rowIds).map((id) => [id, { a: [], b: [], c: [], d: [] }]));
 
     // Warm-up: every path once (JIT, connections, containerd's plugin load).
-    for (const config of CONFIGS) await w2(sides[config], 0, { ...sizes, w2Containers: 20, lookups: 20 }, { ...lat, [config]: emptyLat() }, Object.fromEntries(Object.keys(rowIds).map((id) => [id, { a: [], b: [], c: [], d: [] }])));
+    const all = CONFIGS.map((c) => sides[c]);
+    await w2(all, 0, { ...sizes, w2Containers: 20, lookups: 20 }, { a: emptyLat(), b: emptyLat(), c: emptyLat(), d: emptyLat() }, undefined);
 
     for (let run = 1; run <= args.runs; run++) {
-      const order = CONFIGS.map((_, i) => CONFIGS[(i + run) % CONFIGS.length]!);
-      for (const config of order) {
-        const side = sides[config];
+      for (const [name, workload] of [
+        ['W1', () => w1(all, run, sizes.w1Chain, lat, samples)],
+        ['W2', () => w2(all, run, sizes, lat, samples)],
+        ['W8', () => w8(all, run, sizes.w8Cycles, target, lat, samples)],
+      ] as const) {
         const started = performance.now();
-        await w1(side, run, sizes.w1Chain, lat, samples);
-        await w2(side, run, sizes, lat, samples);
-        await w8(side, run, sizes.w8Cycles, target, lat, samples);
-        log(`run ${run}/${args.runs} ${CONFIG_NAMES[config]}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
+        await workload();
+        log(`run ${run}/${args.runs} ${name}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
       }
     }
 
     const rows = Object.entries(rowIds).map(([id, label]) => {
       const s = samples[id]!;
       const med = { a: median(s.a), b: median(s.b), c: median(s.c), d: median(s.d) };
-      return { id, label, unit: 'ops/s' as const, samples: s, median: med, bVsA: med.b / med.a };
+      const bVsASamples = s.b.map((b, i) => b / s.a[i]!);
+      return { id, label, unit: 'ops/s' as const, samples: s, median: med, bVsA: median(bVsASamples), bVsASamples };
     });
     const calls = OPS.map((op) => {
       const medianUs = { a: median(lat.a[op]), b: median(lat.b[op]), c: median(lat.c[op]), d: median(lat.d[op]) };
@@ -334,6 +442,7 @@ async function main(): Promise<void> {
       rows,
       calls,
     };
+    if (args.syncs) report.syncs = await countSyncs(ctd, proxy.pid, base, collect);
     process.stdout.write(`${table(report)}\n`);
     if (args.json !== undefined) writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`);
   } finally {
@@ -348,8 +457,8 @@ async function main(): Promise<void> {
 
 function table(report: ContainerdBenchReport): string {
   const num = (v: number) => (Number.isFinite(v) ? (v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1)) : '');
-  const head = ['workload', ...CONFIGS.map((c) => CONFIG_NAMES[c]), '(b)÷(a)'];
-  const rows = report.rows.map((r) => [r.label, ...CONFIGS.map((c) => num(r.median[c])), `${r.bVsA.toFixed(2)}×`]);
+  const head = ['workload', ...CONFIGS.map((c) => CONFIG_NAMES[c]), '(b)÷(a)', '(b)÷(a) by run'];
+  const rows = report.rows.map((r) => [r.label, ...CONFIGS.map((c) => num(r.median[c])), `${r.bVsA.toFixed(2)}×`, r.bVsASamples.map((x) => x.toFixed(2)).join(' ')]);
   const callHead = ['call, median µs', ...CONFIGS.map((c) => CONFIG_NAMES[c]), 'hop (d)−(c)'];
   const callRows = report.calls.map((c) => [c.op, ...CONFIGS.map((k) => num(c.medianUs[k])), num(c.hopUs)]);
   const render = (h: string[], rs: string[][]) => {
@@ -359,13 +468,25 @@ function table(report: ContainerdBenchReport): string {
   };
   const m = report.machine;
   return [
-    `ours beside containerd's overlayfs through containerd's snapshots API${report.quick ? ' (--quick: sizes / 10)' : ''}, median of ${report.runs} runs, ${report.date}`,
+    `ours beside containerd's overlayfs through containerd's snapshots API${report.quick ? ' (--quick: sizes / 10)' : ''}, median of ${report.runs} runs (the configurations taking turns in blocks), ${report.date}`,
     `machine: ${m.cpu} ×${m.cpus}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.containerd}`,
     `sizes: W1 chain ${report.sizes.w1Chain}, W2 ${report.sizes.w2Containers} containers, W8-like ${report.sizes.w8Cycles} cycles, ${report.sizes.lookups} stat + mounts`,
     '',
     ...render(head, rows),
     '',
     ...render(callHead, callRows),
+    ...(report.syncs === undefined
+      ? []
+      : [
+          '',
+          ...render(
+            ['syncs per call (strace)', 'containerd', 'our server'],
+            report.syncs.map((s) => {
+              const list = (r: Record<string, number>) => Object.entries(r).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || '0';
+              return [`${CONFIG_NAMES[s.config]}: ${s.op}`, list(s.containerd), s.config === 'a' ? '' : list(s.ours)];
+            }),
+          ),
+        ]),
   ].join('\n');
 }
 

@@ -5,7 +5,7 @@
  * is the ratio of the two costs; flat (1×) is the goal.
  */
 import type { Snapshotter } from '../lib/index.js';
-import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, populate, seconds, sized } from './common.js';
+import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, populate, sized } from './common.js';
 import { chain, fanOut } from './w2-fanout.js';
 
 async function filled(ctx: Context, n: number): Promise<{ root: string; sn: Snapshotter; top: string }> {

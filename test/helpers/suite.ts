@@ -447,7 +447,7 @@ export function conformance(config: SuiteConfig): void {
         await sn.prepare('a', undefined, { labels: { x: '1', y: '2' } });
         const before = await sn.stat('a');
         await new Promise((r) => setTimeout(r, 5));
-        const after = await sn.update({ name: 'a', kind: 'view', labels: { z: '3' } } as Info);
+        const after = await sn.update({ name: 'a', kind: 'view', labels: { z: '3' } } as unknown as Info);
         assert.equal(after.kind, 'active', 'other fields are ignored');
         assert.equal(after.labels.z, '3');
         assert.equal(after.labels.x, undefined);

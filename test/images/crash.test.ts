@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type Info, Snapshotter, listImages } from '../../lib/index.js';
+import { type CheckProblem, type Info, Snapshotter, listImages } from '../../lib/index.js';
 import { OWNER_LABEL, ownerAlive, ownerValue, parseOwner } from '../../lib/layers/index.js';
 import { formatOwner } from '../../lib/model/owner.js';
 import { removeTree, tempDir, withMounted } from '../helpers/fixtures.js';
@@ -100,13 +100,24 @@ describe('a crashed import', mountTestOptions(), () => {
     await removeTree(top);
   });
 
+  /**
+   * The problems of a report, without the staging dirs that the killed
+   * process's pool had ready (`new-<pid>.<start>-…`, listed and repaired as
+   * any dead process's are: how many there are depends on how far its
+   * thread got before the kill).
+   */
+  const withoutDeadPool = (problems: readonly CheckProblem[], owner: string | undefined): CheckProblem[] => {
+    const pid = /pid=([0-9]+)/.exec(owner ?? '')?.[1];
+    return problems.filter((p) => !(p.problem === 'staging-leftover' && pid !== undefined && p.path.includes(`/new-${pid}.`)));
+  };
+
   test('a CLI import killed with SIGKILL mid-apply leaves an import active of a dead owner, which check() lists as abandoned', async () => {
     await killedCliImport(root, layer);
     const { info, dir } = await leftover(sn);
     const report = await sn.check();
     assert.equal(report.ok, false);
     assert.deepEqual(
-      report.problems.map((p) => ({ ...p })),
+      withoutDeadPool(report.problems, info.labels[OWNER_LABEL]).map((p) => ({ ...p })),
       [{ problem: 'abandoned', key: info.name, path: dir, owner: info.labels[OWNER_LABEL], repaired: false }],
     );
   });
@@ -114,7 +125,8 @@ describe('a crashed import', mountTestOptions(), () => {
   test('check({ repair: true }) removes the abandoned active and its directory', async () => {
     const { info, dir } = await leftover(sn);
     const report = await sn.check({ repair: true });
-    assert.deepEqual(report.problems.map((p) => [p.problem, p.key, p.repaired]), [['abandoned', info.name, true]]);
+    assert.ok(report.problems.every((p) => p.repaired), 'the pool dirs of the dead process go too');
+    assert.deepEqual(withoutDeadPool(report.problems, info.labels[OWNER_LABEL]).map((p) => [p.problem, p.key, p.repaired]), [['abandoned', info.name, true]]);
     assert.equal(report.ok, true);
     assert.equal(existsSync(dir), false);
     assert.deepEqual(await actives(sn), []);

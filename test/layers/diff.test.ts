@@ -11,7 +11,7 @@ import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
 import { diffLayer } from '../../lib/layers/diff.js';
 import { batchReader } from '../../lib/layers/reader.js';
-import { buildTree, collector, compareFingerprints, inMode, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
+import { type Spec, buildTree, collector, compareFingerprints, inMode, mountOverlay, tarFingerprint, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
 import { REQUIRE_MOUNT, assertCanMount, mountTestOptions } from '../helpers/require-mount.js';
 
 const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -124,7 +124,7 @@ describe('diffLayer', mountTestOptions(), () => {
 
   test('the output is deterministic, and sourceDateEpoch clamps mtimes so different times give the same digest', () =>
     withDirs(async (top) => {
-      const specs = [
+      const specs: Spec[] = [
         { path: 'b', type: 'dir' as const },
         { path: 'b/z', type: 'file' as const, content: 'z' },
         { path: 'a', type: 'file' as const, content: 'a', xattrs: { 'user.x': Buffer.from([0xc3, 0x28, 0xff]) } },
