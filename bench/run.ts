@@ -25,6 +25,7 @@ const WORKLOADS: Record<string, { file: string; name: string }> = {
   W6: { file: './w6-cleanup.js', name: 'cleanup' },
   W7: { file: './w7-scaling.js', name: 'scaling' },
   W8: { file: './w8-mount.js', name: 'mount' },
+  W9: { file: './w9-concurrent.js', name: 'many callers' },
 };
 
 /** The JSON document `--json` writes. */

@@ -98,6 +98,8 @@ export class Snapshotter {
   /** Staging dirs for actives, made ahead (lib/disk/staging.ts). */
   private readonly pool: StagingPool;
   private closed = false;
+  /** Removals deleting their directories now (see {@link durable}). */
+  private deleting = 0;
   private recovery: RecoveryReport = { removed: [], abandoned: [] };
   /** What the whole-root calls (maintenance.ts) need of this snapshotter. */
   private readonly maintained: Root;
@@ -289,7 +291,7 @@ export class Snapshotter {
       },
       wallClock(),
     );
-    this.store.durableNow();
+    await this.durable();
     return this.toInfo(rec);
   }
 
@@ -460,7 +462,7 @@ export class Snapshotter {
       for (const dir of [staging, target]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    this.store.durableNow();
+    await this.durable();
     const idmap = this.options.remapIds ? idmapOptions(labels) : [];
     return buildMounts(this.settings, kind, created.id, created.chain, idmap, volatile);
   }
@@ -516,7 +518,7 @@ export class Snapshotter {
     fault('commit:before-transaction');
     this.store.commit({ name, key, id: row.id, labels, size: usage.size, inodes: usage.inodes, now: wallClock() });
     fault('commit:after-transaction');
-    this.store.durableNow();
+    await this.durable();
   }
 
   /**
@@ -550,7 +552,24 @@ export class Snapshotter {
     if (!volatile) return;
     forgetVolatile(dir);
     this.store.updateLabels(key, (current) => withoutLabel(current, VOLATILE_LABEL), wallClock());
-    this.store.durableNow();
+    await this.durable();
+  }
+
+  /**
+   * Returns once what this call committed is on disk. It first lets the
+   * calls started in the same turn commit too (`Promise.all` of many
+   * prepares), so that one sync serves them all. Then, alone, it syncs the
+   * WAL on this thread (a thread-pool round trip would cost more than it
+   * overlaps), which makes the later ones' syncs no-ops; while other calls
+   * wait for a sync or delete a removed snapshot, it waits for the next
+   * sync on the pool instead, which serves every call that committed
+   * before it starts (group commit): many callers at once cost one sync per
+   * group, not one each.
+   */
+  private async durable(): Promise<void> {
+    await undefined;
+    if (this.deleting > 0 || this.store.syncing) await this.store.durable();
+    else this.store.durableNow();
   }
 
   private missingDir(key: string, path: string): UnavailableError {
@@ -585,7 +604,7 @@ export class Snapshotter {
     });
     fault('remove:after-record');
     if (this.options.asyncRemove) {
-      this.store.durableNow();
+      await this.durable();
       return;
     }
     // semantics.md deletes the dir once the transaction has committed, not
@@ -593,11 +612,14 @@ export class Snapshotter {
     const durable = this.store.durable();
     durable.catch(() => {}); // awaited below
     const dir = snapshotDir(this.settings, row.id);
+    this.deleting++;
     try {
       await deleteSnapshotDir(dir);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.
       debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);
+    } finally {
+      this.deleting--;
     }
     await durable;
   }

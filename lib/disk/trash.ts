@@ -19,8 +19,8 @@
  * (the caller holds its write lock while claiming).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
-import { rmdir } from 'node:fs/promises';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
+import { rmdir, unlink } from 'node:fs/promises';
 import createDebug from 'debug';
 import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
@@ -207,8 +207,30 @@ export async function deleteSnapshotDir(dir: string): Promise<void> {
   // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
   if (!removeIfEmpty(`${dir}/work`, ['work', 'index']) && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK)) await fse.remove(`${dir}/work`);
   fault('remove:mid-delete');
-  if (!(await fsGone)) await fse.remove(`${dir}/fs`);
+  if (!(await fsGone) && !(await removeFlat(`${dir}/fs`))) await fse.remove(`${dir}/fs`);
   if (!removeIfEmpty(dir, []) && !removeIfEmpty(dir, [], [VOLATILE_BOOT_FILE])) await fse.remove(dir);
+}
+
+/** At most this many entries are unlinked at once by {@link removeFlat}; more go to the recursive removal. */
+const FLAT = 64;
+
+/**
+ * Deletes `dir` when it holds only a few files and no directory (what a
+ * short-lived container writes): one listing, then every unlink(2) on the
+ * thread pool at once, then rmdir(2), so that their waits on discards
+ * overlap; false when `dir` holds more or a directory (or anything fails),
+ * for the caller's recursive removal.
+ */
+async function removeFlat(dir: string): Promise<boolean> {
+  try {
+    const entries = readdirSync(dir, { withFileTypes: true });
+    if (entries.length > FLAT || entries.some((e) => e.isDirectory())) return false;
+    await Promise.all(entries.map((e) => unlink(`${dir}/${e.name}`)));
+    await rmdir(dir);
+    return true;
+  } catch (err) {
+    return errnoOf(err) === 'ENOENT' && !existsSync(dir);
+  }
 }
 
 /** What a volatile mount leaves in a work dir, innermost first, then its usual empty dirs. */

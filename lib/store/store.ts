@@ -214,6 +214,11 @@ export class Store {
     this.sync.durableNow();
   }
 
+  /** Whether a {@link durable} sync is running (or queued): a commit made now can share the next one. */
+  get syncing(): boolean {
+    return this.sync.busy;
+  }
+
   close(): void {
     this.sync.close();
     // Unmapped before SQLite closes: its close may delete the shm file.

@@ -68,6 +68,11 @@ export class WalSync {
     return queued;
   }
 
+  /** Whether a sync of the WAL is running on the thread pool (or queued after one). */
+  get busy(): boolean {
+    return this.syncing !== undefined || this.queued !== undefined;
+  }
+
   /** {@link durable} on this thread. See Store.durableNow. */
   durableNow(): void {
     if (this.walFd === undefined) return;

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { Snapshotter } from '../../lib/index.js';
 import { deleteTrees } from '../../lib/disk/trash.js';
@@ -110,4 +110,35 @@ test('cleanup leaves alone a removed snapshot with a bind mount inside it, and d
     if (target !== undefined && isMounted(target)) execFileSync('umount', ['-l', target]);
     await removeTree(outside);
   }
+});
+
+test('a synchronous remove deletes the whole tree of a snapshot: a few files (unlinked at once), many files, a subtree, a symlink and a fifo', async () => {
+  await withSnapshotter({}, async (sn, root) => {
+    const shapes: Record<string, (fs: string) => void> = {
+      few: (fs) => {
+        for (let i = 0; i < 3; i++) writeFileSync(`${fs}/f${i}`, 'x'.repeat(4096));
+      },
+      many: (fs) => {
+        for (let i = 0; i < 100; i++) writeFileSync(`${fs}/f${i}`, 'x');
+      },
+      subtree: (fs) => {
+        writeFileSync(`${fs}/top`, 'x');
+        mkdirSync(`${fs}/a/b`, { recursive: true });
+        writeFileSync(`${fs}/a/b/c`, 'x');
+      },
+      special: (fs) => {
+        symlinkSync('/etc/passwd', `${fs}/link`);
+        execFileSync('mkfifo', [`${fs}/fifo`]);
+      },
+    };
+    for (const [key, fill] of Object.entries(shapes)) {
+      await sn.prepare(key);
+      fill(`${root}/snapshots/${snapshotEntries(root).map(Number).sort((a, b) => b - a)[0]}/fs`);
+    }
+    assert.equal(snapshotEntries(root).length, 4);
+    for (const key of Object.keys(shapes)) await sn.remove(key);
+    assert.deepEqual(snapshotEntries(root), [], 'every tree is gone, none left for cleanup');
+    assert.ok(existsSync('/etc/passwd'), 'the symlink was unlinked, not followed');
+    assert.deepEqual((await sn.cleanup()).removed, []);
+  });
 });

@@ -196,7 +196,12 @@ test('every mutating call returns only after a sync of the WAL that began after 
       }
       assert.ok(synced, `${m[1]} returned before its commit was synced`);
     });
-    assert.deepEqual(calls, ['prepare', 'commit', 'update', 'view', 'prepare burst', 'concurrent removes', 'remove']);
+    assert.deepEqual(calls, ['prepare', 'commit', 'update', 'view', 'prepare burst', 'concurrent prepares', 'concurrent removes', 'remove']);
+
+    // Group commit: calls in flight together share their syncs, where one each would be 16 and 21.
+    const syncsBetween = (a: string, b: string) => lines.slice(done.get(a)! + 1, done.get(b)).filter(syncStart).length;
+    assert.ok(syncsBetween('prepare burst', 'concurrent prepares') <= 2, `16 prepares started together made ${syncsBetween('prepare burst', 'concurrent prepares')} WAL syncs`);
+    assert.ok(syncsBetween('concurrent prepares', 'concurrent removes') <= 4, `21 removes started together made ${syncsBetween('concurrent prepares', 'concurrent removes')} WAL syncs`);
 
     // The commit (between "DONE prepare" and "DONE commit"): a syncfs(2) of
     // the layer's own fs dir finishes before the first write of the record.
