@@ -614,7 +614,7 @@ export class Snapshotter {
     const dir = snapshotDir(this.settings, row.id);
     this.deleting++;
     try {
-      await deleteSnapshotDir(dir);
+      await deleteSnapshotDir(dir, this.deleting === 1);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.
       debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);

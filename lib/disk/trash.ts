@@ -194,21 +194,37 @@ function removeWithRm(dir: string): Promise<'gone' | 'unusable' | 'failed'> {
  * Deletes the directory of one removed snapshot, for a synchronous
  * `remove`. Hot path: what nothing was written to is a few empty dirs,
  * deleted by rmdir(2) alone. Each rmdir waits on a discard under its
- * parent's lock, so `fs` goes on the thread pool while this thread empties
- * `work` (another parent): the waits overlap.
+ * parent's lock, so `fs` goes on the thread pool while `work` (another
+ * parent) is emptied: the waits overlap. `work` is emptied on this thread
+ * when `alone` (the caller's only deletion: a thread-pool round trip would
+ * cost more), else on the pool too, so that many removals at once wait on
+ * their discards side by side rather than one after another on this thread.
  * @throws the deletion's error; the record is gone by then, so the caller
  *   leaves the dir to cleanup().
  */
-export async function deleteSnapshotDir(dir: string): Promise<void> {
+export async function deleteSnapshotDir(dir: string, alone = true): Promise<void> {
   const fsGone = rmdir(`${dir}/fs`).then(
     () => true,
     (err: unknown) => errnoOf(err) === 'ENOENT',
   );
   // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
-  if (!removeIfEmpty(`${dir}/work`, ['work', 'index']) && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK)) await fse.remove(`${dir}/work`);
+  const workGone = alone ? removeIfEmpty(`${dir}/work`, ['work', 'index']) : await removeEmptyOffThread(`${dir}/work`, ['work', 'index']);
+  if (!workGone && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK)) await fse.remove(`${dir}/work`);
   fault('remove:mid-delete');
   if (!(await fsGone) && !(await removeFlat(`${dir}/fs`))) await fse.remove(`${dir}/fs`);
-  if (!removeIfEmpty(dir, []) && !removeIfEmpty(dir, [], [VOLATILE_BOOT_FILE])) await fse.remove(dir);
+  const dirGone = alone ? removeIfEmpty(dir, []) : await removeEmptyOffThread(dir, []);
+  if (!dirGone && !removeIfEmpty(dir, [], [VOLATILE_BOOT_FILE])) await fse.remove(dir);
+}
+
+/** {@link removeIfEmpty} without files, its rmdirs on the thread pool (the children's at once). */
+async function removeEmptyOffThread(dir: string, children: readonly string[]): Promise<boolean> {
+  const gone = (path: string) =>
+    rmdir(path).then(
+      () => true,
+      (err: unknown) => errnoOf(err) === 'ENOENT',
+    );
+  if (!(await Promise.all(children.map((child) => gone(`${dir}/${child}`)))).every(Boolean)) return false;
+  return gone(dir);
 }
 
 /** At most this many entries are unlinked at once by {@link removeFlat}; more go to the recursive removal. */

@@ -209,12 +209,22 @@ test('every mutating call returns only after a sync of the WAL that began after 
     const to = done.get('commit')!;
     const firstRecordWrite = lines.findIndex((l, i) => i > from && i < to && isWalWrite(l));
     assert.ok(firstRecordWrite > from, 'commit wrote its record to the WAL');
+    // The descriptor an openat of the layer's fs dir returned, also when another thread's line split it in two.
+    const openedLayer = (i: number): string | undefined => {
+      const line = lines[i]!;
+      const whole = /openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", [^)]*\) = (\d+)/.exec(line);
+      if (whole) return whole[1];
+      const started = /^(\d+) +openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", .*<unfinished/.exec(line);
+      if (!started) return undefined;
+      const resumed = lines.find((l, k) => k > i && l.startsWith(`${started[1]} `) && l.includes('<... openat resumed>'));
+      return resumed === undefined ? undefined : /\) = (\d+)/.exec(resumed)?.[1];
+    };
     const layerFds = new Set<string>();
     let layerSynced = false;
     for (let i = from + 1; i < firstRecordWrite; i++) {
       const line = lines[i]!;
-      const opened = /openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", [^)]*\) = (\d+)/.exec(line);
-      if (opened) layerFds.add(opened[1]!);
+      const fd = openedLayer(i);
+      if (fd !== undefined) layerFds.add(fd);
       const synced = /syncfs\((\d+)\)\s+= 0/.exec(line);
       if (synced && layerFds.has(synced[1]!)) layerSynced = true;
       // A syncfs interrupted in the log by another thread's line ends in a "resumed" line of the same thread.
@@ -224,7 +234,8 @@ test('every mutating call returns only after a sync of the WAL that began after 
         if (end > 0) layerSynced = true;
       }
     }
-    assert.ok(layerSynced, 'commit synced the layer (syncfs of snapshots/1/fs) before it wrote the record');
+    const seen = lines.slice(from + 1, firstRecordWrite + 1).filter((l) => /syncfs|snapshots\/1\/fs|resumed/.test(l));
+    assert.ok(layerSynced, `commit synced the layer (syncfs of snapshots/1/fs) before it wrote the record; strace saw:\n${seen.join('\n')}`);
   } finally {
     await removeTree(dir);
   }
