@@ -22,10 +22,25 @@ export interface Context {
   log(message: string): void;
 }
 
-/** A goal from issue 6: `>=` for throughput, `<=` for durations and ratios. */
+/**
+ * A goal from issue 6: `>=` for throughput, `<=` for durations and ratios.
+ * Always an absolute figure, never one relative to another program's.
+ */
 export interface Goal {
   readonly cmp: '>=' | '<=';
   readonly value: number;
+}
+
+/** A figure measured elsewhere, and where it comes from. */
+export interface Reference {
+  readonly value: number;
+  /** Who measured it, when, where: e.g. containerd's version, the issue, "another day". */
+  readonly source: string;
+}
+
+/** containerd v1.7.13's figure from issue 6's table: measured on another day, on this kind of machine, not in this run. */
+export function containerdOtherDay(value: number): Reference {
+  return { value, source: "containerd v1.7.13's overlay snapshotter, issue 6's table (another day, not this run)" };
 }
 
 /** One figure of a workload. */
@@ -40,14 +55,23 @@ export interface Metric {
   median: number;
   /** One value per run. */
   samples: number[];
-  /** The same work done with no metadata store (W1/W2), or `du -s` (W5). */
+  /**
+   * The floor, measured in the same run, interleaved with ours: the same
+   * work done with no metadata store (W1/W2), `du -s` (W5), the cycle done
+   * with bare syscalls (W8, bench/bare-cycle.ts).
+   */
   floor?: { label: string; median: number; samples: number[] };
-  /** `median / floor.median` for throughput (1 means as fast as the floor). */
+  /**
+   * `median / floor.median`. For throughput, the share of the floor's rate
+   * reached (1 = as fast as the floor); for durations, how many times the
+   * floor's time ours takes (1.1 = 10 % slower than the floor).
+   */
   vsFloor?: number;
-  /** containerd v1.7.13's figure from issue 6 (not measured here). */
-  containerd?: number;
-  /** `median / containerd` for throughput, `containerd / median` for durations and ratios: above 1 means better. */
-  vsContainerd?: number;
+  /**
+   * A figure from another day, for orientation only: not measured in this
+   * run, so no ratio is taken against it and {@link met} never uses it.
+   */
+  reference?: Reference;
   goal?: Goal;
   /** Whether the goal is met; null for `--quick` runs (sizes differ from the goal's). */
   met?: boolean | null;
@@ -224,15 +248,13 @@ export async function populate(sn: Snapshotter, n: number, log?: (m: string) => 
   return pop;
 }
 
-/** Builds a metric from per-run samples; `higherIsBetter` says how to read goals and ratios. */
-export function metric(
-  ctx: Context,
-  m: Omit<Metric, 'median' | 'vsFloor' | 'vsContainerd' | 'met'> & { higherIsBetter?: boolean },
-): Metric {
-  const { higherIsBetter = m.unit === 'ops/s', ...rest } = m;
-  const out: Metric = { ...rest, median: median(m.samples) };
+/**
+ * Builds a metric from per-run samples. Whether it is met depends on its
+ * goal alone, never on the reference.
+ */
+export function metric(ctx: Context, m: Omit<Metric, 'median' | 'vsFloor' | 'met'>): Metric {
+  const out: Metric = { ...m, median: median(m.samples) };
   if (m.floor !== undefined) out.vsFloor = out.median / m.floor.median;
-  if (m.containerd !== undefined) out.vsContainerd = higherIsBetter ? out.median / m.containerd : m.containerd / out.median;
   if (m.goal !== undefined) {
     out.met = ctx.quick ? null : m.goal.cmp === '>=' ? out.median >= m.goal.value : out.median <= m.goal.value;
   }

@@ -473,6 +473,7 @@ function table(report: ContainerdBenchReport): string {
     `sizes: W1 chain ${report.sizes.w1Chain}, W2 ${report.sizes.w2Containers} containers, W8-like ${report.sizes.w8Cycles} cycles, ${report.sizes.lookups} stat + mounts`,
     '',
     ...render(head, rows),
+    '(b)÷(a): within each run, all four configurations measured in that run, taking turns block by block; no figure from another day.',
     '',
     ...render(callHead, callRows),
     ...(report.syncs === undefined

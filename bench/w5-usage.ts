@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { linkSync, mkdirSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { type Context, type WorkloadResult, dropRoot, floorOf, freshRoot, metric, open, sized, syncAll, upperOf } from './common.js';
+import { type Context, type WorkloadResult, containerdOtherDay, dropRoot, floorOf, freshRoot, metric, open, sized, syncAll, upperOf } from './common.js';
 
 const KIB = Buffer.alloc(1024, 0x62);
 
@@ -75,11 +75,11 @@ export default async function w5(ctx: Context): Promise<WorkloadResult> {
         unit: 'ops/s',
         samples: ours,
         floor: duFloor,
-        containerd: 4.65,
+        reference: containerdOtherDay(4.65),
         goal: { cmp: '>=', value: 12 },
         note: 'must also not be slower than du -s (ours÷floor >= 100 %)',
       }),
-      metric(ctx, { id: 'W5.du', label: 'du -s calls/s', unit: 'ops/s', samples: duBlocks, containerd: 11.9 }),
+      metric(ctx, { id: 'W5.du', label: 'du -s calls/s', unit: 'ops/s', samples: duBlocks }),
       metric(ctx, { id: 'W5.du-apparent', label: 'du -s --apparent-size calls/s', unit: 'ops/s', samples: duApparent }),
     ],
     details: { agreesWithDu: agree, checks },

@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, rate, seconds, sized, syncAll, upperOf } from './common.js';
+import { type Context, type WorkloadResult, containerdOtherDay, dropRoot, freshRoot, metric, open, rate, seconds, sized, syncAll, upperOf } from './common.js';
 
 const DATA = Buffer.alloc(4096, 0x63);
 
@@ -49,7 +49,7 @@ export default async function w6(ctx: Context): Promise<WorkloadResult> {
     size: { snapshots: n },
     runs: ctx.runs,
     metrics: [
-      metric(ctx, { id: 'W6.cleanup', label: `cleanup of ${n}`, unit: 's', samples: cleanups, containerd: 2.23, goal: { cmp: '<=', value: 1.1 } }),
+      metric(ctx, { id: 'W6.cleanup', label: `cleanup of ${n}`, unit: 's', samples: cleanups, reference: containerdOtherDay(2.23), goal: { cmp: '<=', value: 1.1 } }),
       metric(ctx, { id: 'W6.reclaimed', label: 'bytes reclaimed by cleanup', unit: 'bytes', samples: reclaimed }),
       metric(ctx, { id: 'W6.remove', label: 'remove/s (async removal: records only)', unit: 'ops/s', samples: removes }),
     ],

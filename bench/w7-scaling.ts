@@ -5,7 +5,7 @@
  * is the ratio of the two costs; flat (1×) is the goal.
  */
 import type { Snapshotter } from '../lib/index.js';
-import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, populate, sized } from './common.js';
+import { type Context, type WorkloadResult, containerdOtherDay, dropRoot, freshRoot, metric, open, populate, sized } from './common.js';
 import { chain, fanOut } from './w2-fanout.js';
 
 async function filled(ctx: Context, n: number): Promise<{ root: string; sn: Snapshotter; top: string }> {
@@ -61,12 +61,11 @@ export default async function w7(ctx: Context): Promise<WorkloadResult> {
         label: `per-op cost ratio ${large / 1000}k/${small / 1000}k`,
         unit: 'x',
         samples: ratios,
-        containerd: 42,
+        reference: containerdOtherDay(42),
         goal: { cmp: '<=', value: 1.5 },
-        higherIsBetter: false,
       }),
-      metric(ctx, { id: 'W7.small', label: `prepare+remove per op at ${small}`, unit: 'µs', samples: smallUs, higherIsBetter: false }),
-      metric(ctx, { id: 'W7.large', label: `prepare+remove per op at ${large}`, unit: 'µs', samples: largeUs, higherIsBetter: false }),
+      metric(ctx, { id: 'W7.small', label: `prepare+remove per op at ${small}`, unit: 'µs', samples: smallUs }),
+      metric(ctx, { id: 'W7.large', label: `prepare+remove per op at ${large}`, unit: 'µs', samples: largeUs }),
     ],
   };
 }

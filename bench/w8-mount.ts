@@ -3,28 +3,55 @@
  * container on a 20-layer parent, 200 cycles (root only), then the same
  * with volatile containers (`prepare(..., { volatile: true })`: overlayfs
  * skips the sync of the upper at unmount), and both again with containers
- * that write 1 MiB (16 files of 64 KiB) before they stop, interleaved run
- * by run. Reports cycles/s and the median time of each step of each.
+ * that write 1 MiB (16 files of 64 KiB) before they stop, one after the
+ * other in each run. Reports cycles/s and the median time of each step of
+ * each.
+ *
+ * Each variant's floor is the same cycle done bare in the same process
+ * (bench/bare-cycle.ts: the mkdirs, rename, syncs, mount(2), umount2 and
+ * rmdirs, with the overlay options the library gave, on the same
+ * filesystem and mount point). Ours and the bare cycle take turns in
+ * blocks of a tenth of the cycles (the order alternating, a `sync` before
+ * each block), so that a change of the machine's load falls on both alike.
+ * A rate is the cycles over the time of its own blocks.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { mountAll, unmountAll } from '../lib/index.js';
-import { type Context, type WorkloadResult, dropRoot, freshRoot, median, metric, open, rate, sized, syncAll, upperOf } from './common.js';
+import { BareCycle, type BareVariant, PHASES, type Phase, optionsLike, phasesOf } from './bare-cycle.js';
+import { type Context, type Metric, type WorkloadResult, containerdOtherDay, dropRoot, floorOf, freshRoot, median, metric, open, rate, sized, syncAll, upperOf } from './common.js';
+
+/** Blocks the cycles of a variant are cut into: ours and the bare cycle take turns block by block. */
+const BLOCKS = 10;
+
+/** Per-run figures of one side (ours or bare) of one variant. */
+interface Figures {
+  throughput: number[];
+  /** Per-run median of each phase, ms. */
+  phases: Record<Phase, number[]>;
+}
+
+const figures = (): Figures => ({ throughput: [], phases: { prepare: [], mount: [], unmount: [], remove: [] } });
 
 export default async function w8(ctx: Context): Promise<WorkloadResult> {
   const cycles = sized(ctx, 200);
   if (process.geteuid?.() !== 0) {
     return { id: 'W8', name: 'mount', size: { cycles, layers: 20 }, runs: 0, metrics: [], skipped: 'needs root (real mounts)' };
   }
-  const variants = [
-    { what: '', options: undefined, writes: false },
-    { what: ', volatile', options: { volatile: true }, writes: false },
-    { what: ', writing 1 MiB', options: undefined, writes: true },
-    { what: ', volatile, writing 1 MiB', options: { volatile: true }, writes: true },
-  ] as const;
   const chunk = Buffer.alloc(64 * 1024, 0x77);
-  const results = variants.map(() => ({ throughput: [] as number[], prepare: [] as number[], mount: [] as number[], unmount: [] as number[], remove: [] as number[] }));
+  const names = Array.from({ length: 16 }, (_, f) => `data-${f}`);
+  const write = (target: string): readonly string[] => {
+    for (const name of names) writeFileSync(`${target}/${name}`, chunk);
+    return names;
+  };
+  const variants: readonly { what: string; options: { volatile: true } | undefined; container: BareVariant }[] = [
+    { what: '', options: undefined, container: {} },
+    { what: ', volatile', options: { volatile: true }, container: { volatile: true } },
+    { what: ', writing 1 MiB', options: undefined, container: { write } },
+    { what: ', volatile, writing 1 MiB', options: { volatile: true }, container: { volatile: true, write } },
+  ];
+  const results = variants.map(() => ({ ours: figures(), bare: figures() }));
   for (let run = 0; run < ctx.runs; run++) {
     const root = freshRoot(ctx, 'w8');
     try {
@@ -38,67 +65,99 @@ export default async function w8(ctx: Context): Promise<WorkloadResult> {
       }
       const target = join(dirname(root), 'rootfs');
       mkdirSync(target);
+      let bare: BareCycle | undefined;
       for (const [v, variant] of variants.entries()) {
-        const cycle = async (key: string, times?: number[][]): Promise<void> => {
+        /** One cycle of ours; returns what each phase took, ms. */
+        const ours = async (key: string): Promise<Record<Phase, number>> => {
           let t = performance.now();
           const mounts = await sn.prepare(key, parent, variant.options);
           let u = performance.now();
-          times?.[0]!.push(u - t);
+          const prepare = u - t;
+          // The bare cycle mounts what the library hands out, at its own upper and work dirs.
+          bare ??= new BareCycle(join(dirname(root), 'bare'), optionsLike(mounts[0]!));
           await mountAll(mounts, target);
           t = performance.now();
-          times?.[1]!.push(t - u);
-          if (variant.writes) {
-            for (let f = 0; f < 16; f++) writeFileSync(`${target}/data-${f}`, chunk);
+          const mount = t - u;
+          if (variant.container.write !== undefined) {
+            variant.container.write(target);
             t = performance.now();
           }
           await unmountAll(target);
           u = performance.now();
-          times?.[2]!.push(u - t);
+          const unmount = u - t;
           await sn.remove(key);
-          times?.[3]!.push(performance.now() - u);
+          return { prepare, mount, unmount, remove: performance.now() - u };
         };
-        for (let i = 0; i < 5; i++) await cycle(`warm-${v}-${i}`);
-        const times: number[][] = [[], [], [], []];
-        syncAll();
-        const start = performance.now();
-        for (let i = 0; i < cycles; i++) await cycle(`ctr-${v}-${i}`, times);
-        const r = results[v]!;
-        r.throughput.push(rate(cycles, (performance.now() - start) / 1000));
-        r.prepare.push(median(times[0]!));
-        r.mount.push(median(times[1]!));
-        r.unmount.push(median(times[2]!));
-        r.remove.push(median(times[3]!));
-        ctx.log(
-          `  run ${run + 1}${variant.what}: ${r.throughput.at(-1)!.toFixed(0)} cycles/s (median ms: prepare ${r.prepare.at(-1)!.toFixed(3)}, mount ${r.mount.at(-1)!.toFixed(3)}, unmount ${r.unmount.at(-1)!.toFixed(3)}, remove ${r.remove.at(-1)!.toFixed(3)})`,
-        );
+        for (let i = 0; i < 5; i++) await ours(`warm-${v}-${i}`);
+        for (let i = 0; i < 5; i++) bare!.cycle(target, variant.container);
+        const sides = {
+          ours: { times: PHASES.map(() => [] as number[]), secs: 0 },
+          bare: { times: PHASES.map(() => [] as number[]), secs: 0 },
+        };
+        const blocks = Math.min(BLOCKS, cycles);
+        let done = 0;
+        for (let b = 0; b < blocks; b++) {
+          const size = Math.round(((b + 1) * cycles) / blocks) - done;
+          for (const side of b % 2 === 0 ? (['ours', 'bare'] as const) : (['bare', 'ours'] as const)) {
+            const into = sides[side];
+            syncAll();
+            const start = performance.now();
+            for (let i = done; i < done + size; i++) {
+              const t = side === 'ours' ? await ours(`ctr-${v}-${i}`) : phasesOf(bare!.cycle(target, variant.container));
+              PHASES.forEach((p, k) => into.times[k]!.push(t[p]));
+            }
+            into.secs += (performance.now() - start) / 1000;
+          }
+          done += size;
+        }
+        for (const side of ['ours', 'bare'] as const) {
+          const r = results[v]![side];
+          r.throughput.push(rate(cycles, sides[side].secs));
+          PHASES.forEach((p, k) => r.phases[p].push(median(sides[side].times[k]!)));
+        }
+        const line = (f: Figures) => `${f.throughput.at(-1)!.toFixed(0)} cycles/s (${PHASES.map((p) => `${p} ${f.phases[p].at(-1)!.toFixed(3)}`).join(', ')})`;
+        ctx.log(`  run ${run + 1}${variant.what}: ours ${line(results[v]!.ours)}; bare ${line(results[v]!.bare)} [median ms]`);
       }
+      bare?.close();
       await sn.close();
     } finally {
       await dropRoot(root);
     }
   }
-  const ms = (id: string, label: string, samples: number[]) => metric(ctx, { id, label, unit: 'ms', samples, higherIsBetter: false });
-  const [plain, volatile, writing, volatileWriting] = results as [(typeof results)[0], (typeof results)[0], (typeof results)[0], (typeof results)[0]];
-  const steps = (id: string, label: string, r: (typeof results)[0]) => [
-    ms(`${id}.prepare`, `${label}prepare (median cycle)`, r.prepare),
-    ms(`${id}.mount`, `${label}mount (median cycle)`, r.mount),
-    ms(`${id}.unmount`, `${label}unmount (median cycle)`, r.unmount),
-    ms(`${id}.remove`, `${label}remove (median cycle)`, r.remove),
-  ];
+  /** What the bare cycle does in each phase of `variant`. */
+  const floorLabel = (p: Phase, variant: BareVariant): string => {
+    if (p === 'mount') return `bare: mount(2)${variant.volatile === true ? ', volatile' : ''}`;
+    if (p === 'unmount') return 'bare: umount2';
+    const boot = variant.volatile === true ? ' + boot file' : '';
+    if (p === 'prepare') return `bare: mkdir×3${boot} + rename + 4 KiB + fdatasync`;
+    return `bare: 4 KiB + fdatasync${variant.write === undefined ? '' : ' + unlink×16'}${variant.volatile === true ? ' + mark (unlink + rmdir×2)' : ''}${boot} + rmdir×4`;
+  };
+  const steps = (id: string, label: string, v: number): Metric[] =>
+    PHASES.map((p) =>
+      metric(ctx, {
+        id: `${id}.${p}`,
+        label: `${label}${p} (median cycle)`,
+        unit: 'ms',
+        samples: results[v]!.ours.phases[p],
+        floor: floorOf(floorLabel(p, variants[v]!.container), results[v]!.bare.phases[p]),
+      }),
+    );
+  const cyclesOf = (id: string, label: string, v: number, extra: Pick<Metric, 'reference' | 'goal'> = {}): Metric =>
+    metric(ctx, { id, label, unit: 'ops/s', samples: results[v]!.ours.throughput, floor: floorOf('bare cycle (bench/bare-cycle.ts)', results[v]!.bare.throughput), ...extra });
   return {
     id: 'W8',
     name: 'mount',
     size: { cycles, layers: 20 },
     runs: ctx.runs,
     metrics: [
-      metric(ctx, { id: 'W8.cycles', label: 'cycles/s (20-layer overlay)', unit: 'ops/s', samples: plain.throughput, containerd: 563, goal: { cmp: '>=', value: 1100 } }),
-      ...steps('W8', '', plain),
-      metric(ctx, { id: 'W8v.cycles', label: 'cycles/s, volatile containers', unit: 'ops/s', samples: volatile.throughput }),
-      ...steps('W8v', 'volatile: ', volatile),
-      metric(ctx, { id: 'W8w.cycles', label: 'cycles/s, containers writing 1 MiB', unit: 'ops/s', samples: writing.throughput }),
-      ...steps('W8w', 'writing: ', writing),
-      metric(ctx, { id: 'W8vw.cycles', label: 'cycles/s, volatile containers writing 1 MiB', unit: 'ops/s', samples: volatileWriting.throughput }),
-      ...steps('W8vw', 'volatile, writing: ', volatileWriting),
+      cyclesOf('W8.cycles', 'cycles/s (20-layer overlay)', 0, { reference: containerdOtherDay(563), goal: { cmp: '>=', value: 1100 } }),
+      ...steps('W8', '', 0),
+      cyclesOf('W8v.cycles', 'cycles/s, volatile containers', 1),
+      ...steps('W8v', 'volatile: ', 1),
+      cyclesOf('W8w.cycles', 'cycles/s, containers writing 1 MiB', 2),
+      ...steps('W8w', 'writing: ', 2),
+      cyclesOf('W8vw.cycles', 'cycles/s, volatile containers writing 1 MiB', 3),
+      ...steps('W8vw', 'volatile, writing: ', 3),
     ],
   };
 }

@@ -1,7 +1,8 @@
 /**
  * Smoke test of the benchmark runner (bench/run.ts): a --quick run of two
- * cheap workloads writes the JSON report and prints the table. Only the
- * shape is checked; benchmarks are not tests, and their figures are not.
+ * cheap workloads writes the JSON report and prints the table, and one of
+ * W8 (root) reports its floor, the bare cycle. Only the shape is checked;
+ * benchmarks are not tests, and their figures are not.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -10,23 +11,30 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { removeTree, tempDir } from './helpers/fixtures.js';
+import { assertCanMount, mountTestOptions } from './helpers/require-mount.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
+
+/** Runs `bench/run.ts --quick --runs 1 --only <only>` with its roots and JSON report in `dir`; returns the table and the parsed report. */
+function runBench<T>(dir: string, only: string): { stdout: string; report: T } {
+  const json = join(dir, 'report.json');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', '--runs', '1', '--only', only, '--json', json, '--dir', join(dir, 'roots')], {
+    cwd: REPO,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return { stdout: r.stdout, report: JSON.parse(readFileSync(json, 'utf8')) as T };
+}
 
 test('bench --quick --json writes every figure of the chosen workloads and prints the table', async () => {
   const dir = tempDir('ovl-bench-test-');
   try {
-    const json = join(dir, 'report.json');
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', '--runs', '1', '--only', 'W3,W4', '--json', json, '--dir', join(dir, 'roots')], {
-      cwd: REPO,
-      encoding: 'utf8',
-      timeout: 120_000,
-    });
-    assert.equal(r.status, 0, r.stderr);
+    const r = runBench<Record<string, unknown> & { workloads: Record<string, unknown>[]; machine: Record<string, unknown> }>(dir, 'W3,W4');
     assert.match(r.stdout, /\| workload +\| figure +\| ours \(median\)/);
     assert.match(r.stdout, /\| W3 lookups +\| stat\/s/);
 
-    const report = JSON.parse(readFileSync(json, 'utf8')) as Record<string, unknown> & { workloads: Record<string, unknown>[]; machine: Record<string, unknown> };
+    const { report } = r;
     assert.equal(report.version, 1);
     assert.equal(report.quick, true);
     assert.equal(report.runs, 1);
@@ -52,11 +60,59 @@ test('bench --quick --json writes every figure of the chosen workloads and print
         assert.equal((m.samples as number[]).length, 1);
         if (m.goal !== undefined) {
           assert.ok(['>=', '<='].includes((m.goal as { cmp: string }).cmp));
+          assert.ok(Number.isFinite((m.goal as { value: number }).value), 'a goal is an absolute figure');
           assert.equal(m.met, null, 'goals are not judged at --quick sizes');
-          assert.ok(Number.isFinite(m.containerd) && Number.isFinite(m.vsContainerd));
         }
+        assertNoCrossDayRatio(m);
       }
     }
+    // W3 and W4 show issue 6's containerd figures, labelled as another day's.
+    assert.ok(report.workloads.every((w) => (w.metrics as Record<string, unknown>[]).some((m) => m.reference !== undefined)));
+    assert.match(r.stdout, /containerd \(other day\)/);
+    assert.doesNotMatch(r.stdout, /vs containerd/);
+  } finally {
+    await removeTree(dir);
+  }
+});
+
+/**
+ * A figure from another day is shown labelled as such, and nothing is
+ * computed from it: no ratio against it (the old `vsContainerd`).
+ */
+function assertNoCrossDayRatio(m: Record<string, unknown>): void {
+  assert.ok(!('vsContainerd' in m) && !('containerd' in m), `${m.id as string}: no unlabelled containerd figure or ratio`);
+  if (m.reference === undefined) return;
+  const ref = m.reference as { value: unknown; source: unknown };
+  assert.ok(Number.isFinite(ref.value), `${m.id as string}: reference value`);
+  assert.match(ref.source as string, /another day/, `${m.id as string}: the reference says it is not from this run`);
+}
+
+test('bench W8 --quick reports each phase of each variant beside the bare cycle run in the same process', mountTestOptions(), async () => {
+  assertCanMount();
+  const dir = tempDir('ovl-bench-test-');
+  try {
+    const r = runBench<{ workloads: { id: string; skipped?: string; metrics: Record<string, unknown>[] }[] }>(dir, 'W8');
+    const [w8] = r.report.workloads;
+    assert.equal(w8?.id, 'W8');
+    assert.equal(w8.skipped, undefined);
+    const ids = w8.metrics.map((m) => m.id);
+    for (const v of ['W8', 'W8v', 'W8w', 'W8vw']) {
+      assert.deepEqual(
+        ids.filter((id) => (id as string).startsWith(`${v}.`)),
+        ['cycles', 'prepare', 'mount', 'unmount', 'remove'].map((p) => `${v}.${p}`),
+      );
+    }
+    for (const m of w8.metrics) {
+      const floor = m.floor as { label: string; median: number; samples: number[] };
+      assert.match(floor.label, /^bare/, `${m.id as string}: the floor is the bare cycle`);
+      assert.ok(Number.isFinite(floor.median) && floor.median > 0 && floor.samples.length === 1, `${m.id as string}: floor measured in this run`);
+      assert.equal(m.vsFloor, (m.median as number) / floor.median);
+      assertNoCrossDayRatio(m);
+    }
+    assert.match(r.stdout, /\| W8 mount +\| cycles\/s \(20-layer overlay\) +\| +[\d,.]+ \| +[\d,.]+ \| +\d+ % \|/);
+    assert.match(r.stdout, /\| +\| unmount \(median cycle\) \[ms\] +\| +[\d.]+ ms \| +[\d.]+ ms \| +[\d.]+× \|/);
+    // Nothing is left mounted below the roots.
+    assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(dir), 'nothing left mounted');
   } finally {
     await removeTree(dir);
   }
