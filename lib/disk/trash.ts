@@ -26,7 +26,7 @@ import fse from 'fs-extra';
 import { v4 as uuidv4 } from 'uuid';
 import { type FaultPoint, fault } from '../kernel/faults.js';
 import { errnoOf } from '../kernel/libc.js';
-import { VOLATILE_BOOT_FILE, VOLATILE_MARK_DIRS } from './volatile.js';
+import { VOLATILE_BOOT_FILE, VOLATILE_MARK_DIRS, VOLATILE_MARK_FILE } from './volatile.js';
 
 const debug = createDebug('overlay-snapshotter:trash');
 
@@ -209,7 +209,7 @@ export async function deleteSnapshotDir(dir: string, alone = true): Promise<void
   );
   // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
   const workGone = alone ? removeIfEmpty(`${dir}/work`, ['work', 'index']) : await removeEmptyOffThread(`${dir}/work`, ['work', 'index']);
-  if (!workGone && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK)) await fse.remove(`${dir}/work`);
+  if (!workGone && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK, [VOLATILE_MARK_FILE])) await fse.remove(`${dir}/work`);
   fault('remove:mid-delete');
   if (!(await fsGone) && !(await removeFlat(`${dir}/fs`))) await fse.remove(`${dir}/fs`);
   const dirGone = alone ? removeIfEmpty(dir, []) : await removeEmptyOffThread(dir, []);

@@ -25,8 +25,9 @@ import { FailedPreconditionError, q } from '../model/errors.js';
 /** In a snapshot's dir: the boot id of the boot its mounts were last handed out in. */
 export const VOLATILE_BOOT_FILE = 'volatile-boot';
 
-/** The dirs of the kernel's mark in a snapshot's work dir, innermost first (all empty but for each other). */
-export const VOLATILE_MARK_DIRS: readonly string[] = ['work/incompat/volatile/dirty', 'work/incompat/volatile', 'work/incompat'];
+/** The kernel's mark in a snapshot's work dir: the file `dirty` (overlayfs makes it a regular file), then its dirs, innermost first. */
+export const VOLATILE_MARK_FILE = 'work/incompat/volatile/dirty';
+export const VOLATILE_MARK_DIRS: readonly string[] = ['work/incompat/volatile', 'work/incompat'];
 
 /** The kernel's mark of a volatile mount, in a snapshot's dir (its work dir is `work`). */
 export function volatileMark(dir: string): string {
