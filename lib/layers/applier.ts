@@ -85,12 +85,28 @@ export class Applier {
   private readonly journal: UndoJournal;
 
   private pending: PendingFile | undefined;
-  /** Helper threads that make small new files, when there is a CPU for them. */
-  private readonly writers: Writers | undefined;
+  /** Helper threads that make small new files, when there is a CPU for them: from the first file after they are seen running. */
+  private writers: Writers | undefined;
+  /** Set by commit and rollback: writer threads that come up later are not used. */
+  private ended = false;
 
-  /** `threads`: the writer threads run ({@link writersReady}); else every file is made here. */
-  constructor(target: LayerTarget, opts: ApplyOptions, threads: boolean) {
-    this.writers = threads ? new Writers() : undefined;
+  /**
+   * `threads`: whether the writer threads run ({@link writersReady}), or
+   * the promise of it: files are made here until it resolves true, then
+   * the small ones by the threads (a first apply does not wait for the
+   * threads to start, and one whose threads never start makes every file
+   * here).
+   */
+  constructor(target: LayerTarget, opts: ApplyOptions, threads: boolean | Promise<boolean>) {
+    if (threads === true) this.writers = new Writers();
+    else if (threads !== false) {
+      threads.then(
+        (running) => {
+          if (running && !this.ended) this.writers = new Writers();
+        },
+        () => {},
+      );
+    }
     this.view = new UpperView(target);
     this.upper = this.view.upper;
     this.overlay = this.view.overlay;
@@ -573,6 +589,7 @@ export class Applier {
 
   /** Sets dir modes and times now that no entry will disturb them, and drops the undo dir. */
   commit(): void {
+    this.ended = true;
     this.barrier();
     const rels = [...this.view.finalDirs.keys()].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
     for (const rel of rels) {
@@ -586,6 +603,7 @@ export class Applier {
 
   /** Plays the journal backwards: the upper is as it was before the apply. */
   rollback(): void {
+    this.ended = true;
     if (this.pending) {
       if (this.pending.fd >= 0) {
         try {

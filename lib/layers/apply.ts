@@ -98,7 +98,7 @@ export interface ApplyResult extends LayerDigest {
  * The target must not be mounted or otherwise changed while this runs.
  */
 export async function applyLayer(stream: Readable | AsyncIterable<Uint8Array>, target: LayerTarget, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const applier = new Applier(target, opts, useWorker() && (await writersReady()));
+  const applier = new Applier(target, opts, useWorker() ? writersReady() : false);
   const hash = new StreamHash();
   let compression: Compression = 'none';
   try {

@@ -8,6 +8,7 @@ import { describe, test } from 'node:test';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
+import { writersReady } from '../../lib/layers/writer.js';
 import { detectCompression } from '../../lib/layers/compression.js';
 import { lgetxattr } from '../../lib/kernel/xattr.js';
 import { buildTree, compareFingerprints, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
@@ -309,7 +310,11 @@ describe('applyLayer', mountTestOptions(), () => {
       for (const mode of ['1', '0'] as const) {
         const upper = join(top, `upper${mode}`);
         mkdirSync(upper);
-        await inMode(mode, () => applyLayer(src(layer), { upper, lowers: [] }));
+        // The threads are seen running first, so that this apply hands its files to them (a first apply otherwise makes those it reaches before they start).
+        await inMode(mode, async () => {
+          if (mode === '1') assert.equal(await writersReady(), true, 'the writer threads run');
+          return applyLayer(src(layer), { upper, lowers: [] });
+        });
         fingerprints.push(treeFingerprint(upper, { dirMtimes: true }));
       }
       assert.deepEqual(fingerprints[0], fingerprints[1]);
