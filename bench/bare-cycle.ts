@@ -29,6 +29,7 @@
 import { closeSync, fdatasyncSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { v4 as uuidv4 } from 'uuid';
+import { VOLATILE_BOOT_FILE as BOOT_FILE, VOLATILE_MARK_DIRS, VOLATILE_MARK_FILE } from '../lib/disk/volatile.js';
 import { mount, tryUmount2, umount2Error } from '../lib/kernel/mount/syscalls.js';
 import type { Mount } from '../lib/model/types.js';
 
@@ -73,10 +74,6 @@ export interface BareVariant {
 
 const PAGE = 4096;
 const WAL_SLOTS = 256;
-/** What overlayfs leaves in a work dir after a volatile mount (checked on Linux 6.18): a file, then two dirs, innermost first. */
-const VOLATILE_MARK_FILE = 'work/incompat/volatile/dirty';
-const VOLATILE_MARK_DIRS = ['work/incompat/volatile', 'work/incompat'];
-const BOOT_FILE = 'volatile-boot';
 
 /**
  * The overlay options the library gave in `spec` (an active snapshot's

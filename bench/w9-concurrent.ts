@@ -215,7 +215,7 @@ export default async function w9(ctx: Context): Promise<WorkloadResult> {
   }
   const pick = (fs: Figures[], k: keyof Figures) => fs.map((f) => f[k]);
   const ms = (id: string, label: string, samples: number[], goal?: number) =>
-    metric(ctx, { id, label, unit: 'ms', samples, higherIsBetter: false, ...(goal === undefined ? {} : { goal: { cmp: '<=' as const, value: goal } }) });
+    metric(ctx, { id, label, unit: 'ms', samples, ...(goal === undefined ? {} : { goal: { cmp: '<=' as const, value: goal } }) });
   return {
     id: 'W9',
     name: 'many callers',
