@@ -48,6 +48,7 @@ import {
 } from './schema.js';
 import { WalHeader } from './wal-header.js';
 import { WalSync } from './wal-sync.js';
+import { WriterLock } from './writer-lock.js';
 
 const debug = createDebug('overlay-snapshotter:store');
 
@@ -117,6 +118,7 @@ export class Store {
   private readonly reads: ReadCache;
   /** The sync of the WAL after commits (Store.durable). */
   private readonly sync: WalSync;
+  private readonly writer: WriterLock;
   /** Transaction runners made once: `db.transaction()` per call costs more than a cached read. */
   private readonly inTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
 
@@ -139,9 +141,10 @@ export class Store {
   private readonly sLabelEquals: Database.Statement<[string, string], number>;
   private readonly sLabelPresent: Database.Statement<[string], number>;
 
-  private constructor(file: string, db: Database.Database) {
+  private constructor(file: string, db: Database.Database, busyTimeout: number) {
     this.file = file;
     this.db = db;
+    this.writer = new WriterLock(`${file}-lock`, busyTimeout);
     this.header = WalHeader.map(file);
     this.sync = new WalSync(file, this.header, db);
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
@@ -179,7 +182,7 @@ export class Store {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       const fresh = migrate(db, file);
-      const store = new Store(file, db);
+      const store = new Store(file, db, busyTimeout);
       store.fresh = fresh;
       debug('opened %s (schema %d)', file, MIGRATIONS.length);
       return store;
@@ -221,6 +224,7 @@ export class Store {
 
   close(): void {
     this.sync.close();
+    this.writer.close();
     // Unmapped before SQLite closes: its close may delete the shm file.
     this.header?.unmap();
     this.reads.close();
@@ -229,11 +233,14 @@ export class Store {
 
   /** Runs `fn` in one BEGIN IMMEDIATE transaction and translates SQLite errors. */
   private write<T>(fn: () => T): T {
+    this.writer.acquire();
     try {
       this.reads.endRead();
       return this.inTransaction.immediate(fn) as T;
     } catch (err) {
       throw translate(err, this.file);
+    } finally {
+      this.writer.release();
     }
   }
 

@@ -217,7 +217,7 @@ describe('capabilities of an open snapshotter', () => {
       try {
         assert.equal(again.capabilities.cached, true);
         assert.equal(again.capabilities.redirectDirDefault as unknown, 'tampered');
-        assert.deepEqual(readdirSync(root).sort(), ['metadata.db', 'metadata.db-shm', 'metadata.db-wal', 'snapshots'].filter((n) => existsSync(`${root}/${n}`)));
+        assert.deepEqual(readdirSync(root).sort(), ['metadata.db', 'metadata.db-lock', 'metadata.db-shm', 'metadata.db-wal', 'snapshots'].filter((n) => existsSync(`${root}/${n}`)));
       } finally {
         await again.close();
       }

@@ -4,7 +4,7 @@
  * connection or process commits is seen by the very next read.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -236,6 +236,48 @@ test('every mutating call returns only after a sync of the WAL that began after 
     }
     const seen = lines.slice(from + 1, firstRecordWrite + 1).filter((l) => /syncfs|snapshots\/1\/fs|resumed/.test(l));
     assert.ok(layerSynced, `commit synced the layer (syncfs of snapshots/1/fs) before it wrote the record; strace saw:\n${seen.join('\n')}`);
+  } finally {
+    await removeTree(dir);
+  }
+});
+
+/** Whether process `pid` has ended (gone, or a zombie not yet reaped). */
+function ended(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+/** Another process holding `<root>/metadata.db-lock` for `seconds` (flock(1)), once it holds it. */
+async function lockHolder(file: string, seconds: number): Promise<ChildProcess> {
+  const holder = spawn('flock', [file, 'sleep', String(seconds)], { stdio: 'ignore' });
+  while (spawnSync('flock', ['-n', file, 'true']).status === 0) await new Promise((r) => setTimeout(r, 10));
+  return holder;
+}
+
+test('write transactions take turns through <db>-lock: a prepare waits while another process holds it, and goes on without it once the busy timeout has passed', async () => {
+  const dir = tempDir();
+  const holders: ChildProcess[] = [];
+  try {
+    const root = join(dir, 'root');
+    const patient = await Snapshotter.open(root, { busyTimeout: 60_000 });
+    const hasty = await Snapshotter.open(root, { busyTimeout: 200 });
+    try {
+      const lock = join(root, 'metadata.db-lock');
+      holders.push(await lockHolder(lock, 0.5));
+      await patient.prepare('waited');
+      assert.ok(ended(holders[0]!.pid!), 'the prepare went on only once the other process had let go');
+      holders.push(await lockHolder(lock, 30));
+      await hasty.prepare('went-on');
+      assert.ok(!ended(holders[1]!.pid!), 'past its busy timeout the prepare went on while the lock was still held');
+      assert.deepEqual((await patient.stat('went-on')).kind, 'active', 'SQLite\'s own lock kept the store whole');
+    } finally {
+      for (const h of holders) h.kill('SIGKILL');
+      await patient.close();
+      await hasty.close();
+    }
   } finally {
     await removeTree(dir);
   }
