@@ -257,7 +257,10 @@ async function lockHolder(file: string, seconds: number): Promise<ChildProcess> 
   return holder;
 }
 
-test('write transactions take turns through <db>-lock: a prepare waits while another process holds it, and goes on without it once the busy timeout has passed', async () => {
+const FLOCK_MISSING = toolSkipReason('flock', ['--version'], "to hold the writers' lock from another process");
+
+test('write transactions take turns through <db>-lock: a prepare waits while another process holds it, and goes on without it once the busy timeout has passed', prerequisiteOptions(FLOCK_MISSING), async () => {
+  assertPrerequisite(FLOCK_MISSING);
   const dir = tempDir();
   const holders: ChildProcess[] = [];
   try {
