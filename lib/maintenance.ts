@@ -243,7 +243,7 @@ async function removeAbandoned(r: Root, found: readonly Record_[]): Promise<{ ab
   for (const rec of found) {
     try {
       r.store.remove(rec.key, (row) => {
-        if (row.id !== rec.id || r.store.record(rec.key)?.labels[OWNER_LABEL] !== rec.labels[OWNER_LABEL]) throw new Error('it changed since it was judged');
+        if (row.id !== rec.id || r.store.label(rec.key, OWNER_LABEL) !== rec.labels[OWNER_LABEL]) throw new Error('it changed since it was judged');
         const at = snapshotMounts(r.settings.snapshotsDir, row.id).get(row.id);
         if (at !== undefined) throw new Error(`it is mounted at ${at.join(', ')}`);
       });

@@ -329,15 +329,12 @@ export class Snapshotter {
     checkKey(key, 'key');
     const found = this.store.rowWithChain(key);
     if (found === undefined) throw new NotFoundError(`snapshot ${q(key)} not found`);
-    const { row, chain } = found;
+    const { row, labels, chain } = found;
     if (row.kind === 'committed') {
       throw new FailedPreconditionError(`snapshot ${q(key)} is committed and has no mounts; prepare or view an active snapshot on it instead`);
     }
-    // Labels only where they change the spec: ID maps, or a volatile overlay.
-    const overlayActive = row.kind === 'active' && chain.length > 0 && this.settings.driver === 'overlay';
-    const labels = this.options.remapIds || overlayActive ? (this.store.record(key)?.labels ?? {}) : undefined;
-    const idmap = this.options.remapIds ? idmapOptions(labels!) : [];
-    const volatile = overlayActive && labels![VOLATILE_LABEL] === 'true';
+    const idmap = this.options.remapIds ? idmapOptions(labels) : [];
+    const volatile = row.kind === 'active' && chain.length > 0 && this.settings.driver === 'overlay' && labels[VOLATILE_LABEL] === 'true';
     if (volatile) readyVolatile(key, snapshotDir(this.settings, row.id), () => snapshotMounts(this.snapshotsDir, row.id).has(row.id));
     return buildMounts(this.settings, row.kind, row.id, chain, idmap, volatile);
   }
@@ -495,7 +492,7 @@ export class Snapshotter {
     const labels = checkSnapshotOptions(opts);
     refuseFixedLabels(labels, 'a commit');
     const row = this.store.checkCommit(name, key);
-    if (this.store.record(key)?.labels[VOLATILE_LABEL] === 'true') {
+    if (this.store.label(key, VOLATILE_LABEL) === 'true') {
       throw new FailedPreconditionError(
         `cannot commit volatile snapshot ${q(key)}: its data was never made durable (overlayfs skipped every sync of its upper); call sync(${JSON.stringify(key)}) first, once it is unmounted`,
       );

@@ -19,19 +19,21 @@
  * label, the removal at open) is the facade's.
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { bootId } from '../kernel/liveness.js';
+import { VOLATILE_MARK } from '../kernel/mount/overlay.js';
 import { FailedPreconditionError, q } from '../model/errors.js';
 
 /** In a snapshot's dir: the boot id of the boot its mounts were last handed out in. */
 export const VOLATILE_BOOT_FILE = 'volatile-boot';
 
-/** The kernel's mark in a snapshot's work dir: the file `dirty` (overlayfs makes it a regular file), then its dirs, innermost first. */
-export const VOLATILE_MARK_FILE = 'work/incompat/volatile/dirty';
-export const VOLATILE_MARK_DIRS: readonly string[] = ['work/incompat/volatile', 'work/incompat'];
+/** The kernel's mark in a snapshot's work dir (kernel/mount/overlay.ts): the file `dirty`, then its dirs, innermost first. */
+export const VOLATILE_MARK_FILE = `${VOLATILE_MARK}/dirty`;
+export const VOLATILE_MARK_DIRS: readonly string[] = [VOLATILE_MARK, dirname(VOLATILE_MARK)];
 
 /** The kernel's mark of a volatile mount, in a snapshot's dir (its work dir is `work`). */
 export function volatileMark(dir: string): string {
-  return `${dir}/work/work/incompat/volatile`;
+  return `${dir}/work/${VOLATILE_MARK}`;
 }
 
 /** What a volatile snapshot's dir says. */

@@ -19,7 +19,7 @@
 import { release } from 'node:os';
 import createDebug from 'debug';
 import { STRATEGY_ENV } from './mount/index.js';
-import { probeLayerFds } from './mount/idmap.js';
+import { overlayTakesIdmappedLayers, probeLayerFds } from './mount/idmap.js';
 import { probeProjectQuotas } from './quota.js';
 import { helperMissing } from './userns.js';
 import type { Driver } from '../model/types.js';
@@ -322,7 +322,7 @@ function defaultDriver(fsType: number, fsName: string, hard: Obstacle | undefine
 function idmappedLayers(p: Probed, kernelRelease: string): { value: boolean | null; reason: string | null } {
   if (p.idmappedMounts === null) return { value: null, reason: 'this process may not mount, so it cannot make ID-mapped mounts' };
   if (!p.idmappedMounts) return { value: false, reason: `the kernel makes no ID-mapped mounts (mount_setattr with MOUNT_ATTR_IDMAP, Linux 5.12+); this is ${kernelRelease}` };
-  if (!kernelAtLeast(5, 19, kernelRelease)) return { value: false, reason: `overlayfs takes ID-mapped layers from Linux 5.19; this is ${kernelRelease}` };
+  if (!overlayTakesIdmappedLayers(kernelRelease)) return { value: false, reason: `overlayfs takes ID-mapped layers from Linux 5.19; this is ${kernelRelease}` };
   const missing = helperMissing();
   return missing === undefined ? { value: true, reason: null } : { value: false, reason: missing };
 }

@@ -7,15 +7,15 @@
  * results through an interface).
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { constants as osConstants, release } from 'node:os';
+import { release } from 'node:os';
 import createDebug from 'debug';
 import koffi from 'koffi';
 import type * as Koffi from 'koffi';
 import { v4 as uuidv4 } from 'uuid';
-import { libc } from './libc.js';
+import { errnoOf, libc } from './libc.js';
 import { lsetxattr } from './xattr.js';
 import { mountAll, unmountAll } from './mount/index.js';
-import { FSOPEN_CLOEXEC, close, fsconfigFlag, fsconfigString, fsopen } from './mount/syscalls.js';
+import { FSOPEN_CLOEXEC, MOUNT_ATTR_IDMAP, close, fsconfigFlag, fsconfigString, fsopen, mountSetattr } from './mount/syscalls.js';
 import { kernelAtLeast } from './release.js';
 
 const debug = createDebug('overlay-snapshotter:probe');
@@ -254,16 +254,6 @@ export function probeVolatileOverlay(): boolean | null {
   }
 }
 
-/** mount_setattr(2) is 442 in the unified syscall table, the same on every architecture. */
-const NR_MOUNT_SETATTR = 442;
-const MOUNT_ATTR_IDMAP = 0x100000;
-const AT_EMPTY_PATH = 0x1000;
-/** sizeof(struct mount_attr), MOUNT_ATTR_SIZE_VER0: attr_set, attr_clr, propagation, userns_fd (u64 each). */
-const MOUNT_ATTR_SIZE = 32;
-
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-let rawSyscall: ((...args: any[]) => number | bigint) | undefined;
-
 /**
  * Whether the kernel can make ID-mapped mounts (`mount_setattr(2)` with
  * `MOUNT_ATTR_IDMAP`, Linux 5.12+), asked without spawning anything and
@@ -277,16 +267,16 @@ let rawSyscall: ((...args: any[]) => number | bigint) | undefined;
  * namespace of our own: not probed (see docs/capabilities.md).
  */
 export function probeIdmappedMounts(): boolean | null {
-  rawSyscall ??= libc().func('long syscall(long number, ...)');
-  const attr = Buffer.alloc(MOUNT_ATTR_SIZE);
-  attr.writeBigUInt64LE(BigInt(MOUNT_ATTR_IDMAP), 0);
-  attr.writeBigUInt64LE(BigInt(2 ** 31 - 1), 24);
-  const result = Number(rawSyscall(NR_MOUNT_SETATTR, 'int', -1, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', MOUNT_ATTR_SIZE));
-  const errno = result < 0 ? koffi.errno() : 0;
-  debug('idmapped mount probe: mount_setattr answered %d (errno %d)', result, errno);
-  if (errno === osConstants.errno.EBADF) return true;
-  if (errno === osConstants.errno.EPERM) return null;
-  return false;
+  try {
+    mountSetattr(-1, false, MOUNT_ATTR_IDMAP, 2 ** 31 - 1, 'probe mount_setattr with MOUNT_ATTR_IDMAP');
+    return false;
+  } catch (err) {
+    const code = errnoOf(err);
+    debug('idmapped mount probe: mount_setattr answered %s', code);
+    if (code === 'EBADF') return true;
+    if (code === 'EPERM') return null;
+    return false;
+  }
 }
 
 /** Names of the statfs magic numbers a root is likely to be on. */

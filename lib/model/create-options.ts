@@ -10,7 +10,7 @@
  */
 import { InvalidArgumentError, UnavailableError, q } from './errors.js';
 import type { Kind } from './types.js';
-import { checkLabels, setLabel } from './validate.js';
+import { checkLabels, ownLabel, setLabel } from './validate.js';
 
 /** Marks an active as volatile: `true` or `false`. Set at prepare; `sync()` clears it. */
 export const VOLATILE_LABEL = 'containerd.io/snapshot/overlay-snapshotter.volatile';
@@ -101,7 +101,7 @@ export function checkCreateOptions(kind: Extract<Kind, 'active' | 'view'>, opts:
   }
 
   if (o.volatile !== undefined && typeof o.volatile !== 'boolean') throw new InvalidArgumentError(`Expected \`volatile\` to be a boolean, got ${describeValue(o.volatile)}`);
-  const volatileLabel = Object.hasOwn(labels, VOLATILE_LABEL) ? labels[VOLATILE_LABEL] : undefined;
+  const volatileLabel = ownLabel(labels, VOLATILE_LABEL);
   if (volatileLabel !== undefined && volatileLabel !== 'true' && volatileLabel !== 'false') {
     throw new InvalidArgumentError(`Expected label ${q(VOLATILE_LABEL)} to be "true" or "false", got ${q(volatileLabel)}`);
   }
@@ -121,8 +121,8 @@ export function checkCreateOptions(kind: Extract<Kind, 'active' | 'view'>, opts:
   }
   const sizeOption = optionQuota?.size === undefined ? undefined : (parseSize(optionQuota.size) ?? fail(badSize('`quota.size`', optionQuota.size)));
   const inodesOption = optionQuota?.inodes === undefined ? undefined : (parseCount(optionQuota.inodes) ?? fail(badCount('`quota.inodes`', optionQuota.inodes)));
-  const sizeText = Object.hasOwn(labels, QUOTA_SIZE_LABEL) ? labels[QUOTA_SIZE_LABEL] : undefined;
-  const inodesText = Object.hasOwn(labels, QUOTA_INODES_LABEL) ? labels[QUOTA_INODES_LABEL] : undefined;
+  const sizeText = ownLabel(labels, QUOTA_SIZE_LABEL);
+  const inodesText = ownLabel(labels, QUOTA_INODES_LABEL);
   const sizeLabel = sizeText === undefined ? undefined : (parseSize(sizeText) ?? fail(badSize(`label ${q(QUOTA_SIZE_LABEL)}`, sizeText)));
   const inodesLabel = inodesText === undefined ? undefined : (parseCount(inodesText) ?? fail(badCount(`label ${q(QUOTA_INODES_LABEL)}`, inodesText)));
   const size = agree(sizeOption, sizeLabel, 'quota.size', QUOTA_SIZE_LABEL);
@@ -155,7 +155,7 @@ export function refuseFixedLabels(labels: Readonly<Record<string, string>>, wher
  * add, change or remove; undefined when it keeps them all as they are.
  */
 export function changedFixedLabel(before: Readonly<Record<string, string>>, after: Readonly<Record<string, string>>): string | undefined {
-  return FIXED_LABELS.find((key) => (Object.hasOwn(before, key) ? before[key] : undefined) !== (Object.hasOwn(after, key) ? after[key] : undefined));
+  return FIXED_LABELS.find((key) => ownLabel(before, key) !== ownLabel(after, key));
 }
 
 /** The labels of an update, refused when they would add, change or remove a label that only prepare sets. */

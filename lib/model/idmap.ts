@@ -9,6 +9,7 @@
  * mounts are the facade's and kernel/'s.
  */
 import { InvalidArgumentError, q } from './errors.js';
+import { ownLabel } from './validate.js';
 
 export const UID_MAPPING_LABEL = 'containerd.io/snapshot/uidmapping';
 export const GID_MAPPING_LABEL = 'containerd.io/snapshot/gidmapping';
@@ -82,8 +83,8 @@ export function hostRoot(mapping: string, label: string): number {
 
 /** The owner for a new `fs` dir from the mapping labels, or undefined when neither label is set. */
 export function mappedOwner(labels: Readonly<Record<string, string>>): { uid: number; gid: number } | undefined {
-  const uidMap = Object.hasOwn(labels, UID_MAPPING_LABEL) ? labels[UID_MAPPING_LABEL] : undefined;
-  const gidMap = Object.hasOwn(labels, GID_MAPPING_LABEL) ? labels[GID_MAPPING_LABEL] : undefined;
+  const uidMap = ownLabel(labels, UID_MAPPING_LABEL);
+  const gidMap = ownLabel(labels, GID_MAPPING_LABEL);
   if (uidMap === undefined && gidMap === undefined) return undefined;
   if (uidMap === undefined || gidMap === undefined) {
     throw new InvalidArgumentError(`labels ${q(UID_MAPPING_LABEL)} and ${q(GID_MAPPING_LABEL)} go together; set both or neither`);
@@ -93,8 +94,8 @@ export function mappedOwner(labels: Readonly<Record<string, string>>): { uid: nu
 
 /** The `uidmap=`/`gidmap=` options of the mapping labels (empty when they are not both set). */
 export function idmapOptions(labels: Readonly<Record<string, string>>): string[] {
-  const uid = Object.hasOwn(labels, UID_MAPPING_LABEL) ? labels[UID_MAPPING_LABEL] : undefined;
-  const gid = Object.hasOwn(labels, GID_MAPPING_LABEL) ? labels[GID_MAPPING_LABEL] : undefined;
+  const uid = ownLabel(labels, UID_MAPPING_LABEL);
+  const gid = ownLabel(labels, GID_MAPPING_LABEL);
   return uid !== undefined && gid !== undefined ? [`uidmap=${uid}`, `gidmap=${gid}`] : [];
 }
 

@@ -16,6 +16,11 @@ export function setLabel(labels: Record<string, string>, key: string, value: str
   }
 }
 
+/** The value of label `key`, undefined when absent (never a property inherited from Object.prototype). */
+export function ownLabel(labels: Readonly<Record<string, string>>, key: string): string | undefined {
+  return Object.hasOwn(labels, key) ? labels[key] : undefined;
+}
+
 /** containerd's limit on one label: key and value together, in bytes. */
 export const MAX_LABEL_BYTES = 4096;
 

@@ -30,6 +30,7 @@ import {
 import type { Filter, Selector } from '../model/filters.js';
 import type { Record_, Row, WallTime } from '../model/record.js';
 import type { Kind } from '../model/types.js';
+import { ownLabel } from '../model/validate.js';
 import { ReadCache } from './read-cache.js';
 import {
   FULL_COLUMNS,
@@ -291,6 +292,12 @@ export class Store {
     return rec === undefined ? undefined : copyRecord(rec);
   }
 
+  /** The value of label `name` of snapshot `key` (undefined when either is missing), with no copy of the record. Hot: commit. */
+  label(key: string, name: string): string | undefined {
+    const labels = this.cachedRecord(key)?.labels;
+    return labels === undefined ? undefined : ownLabel(labels, name);
+  }
+
   private recordOf(key: string): Record_ | undefined {
     const raw = this.sRecord.get(key);
     return raw === undefined ? undefined : toRecord(raw);
@@ -317,17 +324,21 @@ export class Store {
     return ids;
   }
 
-  /** A record and its parent chain, read consistently. Hot: mounts (no statement when cached). */
-  rowWithChain(key: string): { row: Row; chain: number[] } | undefined {
+  /**
+   * A record, its labels and its parent chain, read consistently. The
+   * labels are shared with the read cache: read them, never change them.
+   * Hot: mounts (no statement when cached).
+   */
+  rowWithChain(key: string): { row: Row; labels: Readonly<Record<string, string>>; chain: number[] } | undefined {
     const rec = this.cachedRecord(key);
     if (rec === undefined) return undefined;
     // Committed links never change, so a chain made only of cached links
     // belongs to this record whenever the record itself is current.
     const chain = this.cachedChain(rec.parent);
-    if (chain !== undefined) return { row: copyRow(rec), chain };
+    if (chain !== undefined) return { row: copyRow(rec), labels: rec.labels, chain };
     return this.read(() => {
-      const row = this.getRow(key);
-      return row === undefined ? undefined : { row, chain: this.chain(row.parent) };
+      const found = this.recordOf(key);
+      return found === undefined ? undefined : { row: found, labels: found.labels, chain: this.chain(found.parent) };
     });
   }
 

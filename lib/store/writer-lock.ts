@@ -15,6 +15,7 @@
  * locks are independent of the POSIX locks SQLite takes on its own files.
  */
 import { closeSync, openSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import createDebug from 'debug';
 import koffi from 'koffi';
@@ -25,8 +26,7 @@ const debug = createDebug('overlay-snapshotter:store');
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const LOCK_UN = 8;
-const EINTR = 4;
-const EWOULDBLOCK = 11;
+const { EINTR, EWOULDBLOCK } = osConstants.errno;
 /** First and longest pause between attempts, ms. */
 const FIRST_PAUSE = 0.02;
 const LONGEST_PAUSE = 1;

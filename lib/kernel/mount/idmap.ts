@@ -65,8 +65,8 @@ export function setLayerFdsProbe(value: boolean | undefined): void {
 }
 
 /** overlayfs takes ID-mapped layers from Linux 5.19. */
-export function overlayTakesIdmappedLayers(): boolean {
-  return kernelAtLeast(5, 19);
+export function overlayTakesIdmappedLayers(kernelRelease = release()): boolean {
+  return kernelAtLeast(5, 19, kernelRelease);
 }
 
 /** The UnavailableError of a kernel that would not ID-map a mount, or `err` itself. */

@@ -13,9 +13,10 @@ import { FailedPreconditionError, InvalidArgumentError, UnavailableError, q } fr
 import { type MountIdMapping, takeIdMapping } from '../../model/idmap.js';
 import type { Mount } from '../../model/types.js';
 import { acquireUserNamespace } from '../userns.js';
+import { errnoOf } from '../libc.js';
 import { mountIdmappedBind, mountIdmappedOverlay } from './idmap.js';
 import { MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, PER_MOUNT_FLAGS, parseMountOptions, type ParsedMountOptions } from './options.js';
-import { type OverlayChoice, type OverlayStrategy, chooseOverlayStrategy, mountOverlay } from './overlay.js';
+import { type OverlayChoice, type OverlayStrategy, VOLATILE_MARK, chooseOverlayStrategy, mountOverlay } from './overlay.js';
 import { type OverlayPlan, overlayPaths, planOverlay } from './overlay-plan.js';
 import { type WrittenRecord, clearRecords, dropRecords, recordMount, recordMounted } from './records.js';
 import { mount, statfsFlags, tryUmount2, umount2Error } from './syscalls.js';
@@ -240,10 +241,10 @@ async function mountOne(plan: Planned, target: string, overlayChoice: OverlayCho
  * costs nothing more.
  */
 function explainVolatileMark(err: unknown, plan: OverlayPlan): unknown {
-  if ((err as { code?: unknown }).code !== 'EINVAL') return err;
+  if (errnoOf(err) !== 'EINVAL') return err;
   const work = plan.options.find((o) => o.kind === 'workdir');
   if (work === undefined || work.kind !== 'workdir') return err;
-  const mark = `${work.path}/work/incompat/volatile`;
+  const mark = `${work.path}/${VOLATILE_MARK}`;
   if (!existsSync(mark)) return err;
   return new FailedPreconditionError(
     `the work dir ${q(work.path)} holds ${q(mark)}, the kernel's mark of an earlier volatile mount, so the kernel refuses to mount it again (${(err as Error).message}); get the mounts again from the snapshotter (its mounts() clears the mark when the upper was not used across a reboot) or remove the snapshot`,

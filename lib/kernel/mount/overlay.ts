@@ -187,6 +187,14 @@ export function splitFlags(flags: number): { sbFlags: string[]; attrs: number } 
 const FSCONFIG_MAX_VALUE = 255;
 
 /**
+ * The mark overlayfs leaves in its work dir at a `volatile` mount (Linux
+ * 5.10+): the dirs `work/incompat/volatile` holding the file `dirty`. It
+ * stays after the unmount, and the kernel refuses every later mount of
+ * that work dir while it is there.
+ */
+export const VOLATILE_MARK = 'work/incompat/volatile';
+
+/**
  * Mounts through the new mount API. Every fsconfig error carries the
  * kernel's own explanation from the context's message log. With
  * `layerFds`, the lower layers (in the plan's order, data-only ones
