@@ -90,6 +90,13 @@ let unavailable = false;
 /** Failures reported for each apply (by id), read from the ports by whichever apply drains them. */
 const failures = new Map<number, WriteFailure>();
 let nextId = 1;
+/** Batches handed to the threads in this process. */
+let batches = 0;
+
+/** How many batches of files the writer threads were handed in this process (for tests: whether an apply used them). */
+export function writerBatches(): number {
+  return batches;
+}
 /** Batches back from the workers, for reuse. */
 const free: ArrayBuffer[] = [];
 
@@ -254,6 +261,7 @@ export class Writers {
       nums[k + 7] = op.mtime;
     }
     slot.sent++;
+    batches++;
     slot.port.postMessage({ id: this.id, ab: this.ab, paths, nums } satisfies WriteRequest, [this.ab]);
     this.ab = free.pop() ?? new ArrayBuffer(BATCH);
     this.buf = Buffer.from(this.ab);

@@ -112,7 +112,7 @@ test('cleanup leaves alone a removed snapshot with a bind mount inside it, and d
   }
 });
 
-test('a synchronous remove deletes the whole tree of a snapshot: a few files (unlinked at once), many files, a subtree, a symlink and a fifo', async () => {
+test('a synchronous remove deletes the whole tree of a snapshot whatever its upper holds: a few files, many files, a subtree, a symlink (not followed) and a fifo', async () => {
   await withSnapshotter({}, async (sn, root) => {
     const shapes: Record<string, (fs: string) => void> = {
       few: (fs) => {

@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { InvalidArgumentError } from '../../lib/model/errors.js';
 import { applyLayer } from '../../lib/layers/apply.js';
-import { writersReady } from '../../lib/layers/writer.js';
+import { writerBatches, writersReady } from '../../lib/layers/writer.js';
 import { detectCompression } from '../../lib/layers/compression.js';
 import { lgetxattr } from '../../lib/kernel/xattr.js';
 import { buildTree, compareFingerprints, inMode, mountOverlay, packTar, tempDir, treeFingerprint, unmount } from '../helpers/layers.js';
@@ -313,7 +313,9 @@ describe('applyLayer', mountTestOptions(), () => {
         // The threads are seen running first, so that this apply hands its files to them (a first apply otherwise makes those it reaches before they start).
         await inMode(mode, async () => {
           if (mode === '1') assert.equal(await writersReady(), true, 'the writer threads run');
-          return applyLayer(src(layer), { upper, lowers: [] });
+          const before = writerBatches();
+          await applyLayer(src(layer), { upper, lowers: [] });
+          if (mode === '1') assert.ok(writerBatches() > before, 'the writer threads made files of this apply');
         });
         fingerprints.push(treeFingerprint(upper, { dirMtimes: true }));
       }
