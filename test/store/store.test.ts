@@ -156,12 +156,24 @@ test('every mutating call returns only after a sync of the WAL that began after 
     });
     assert.equal(result.status, 0, result.stderr);
     const lines = readFileSync(log, 'utf8').split('\n');
+    // The descriptor an openat of a path matching `path` returned at line `i`, also when another
+    // thread's line split the call in two; strace pads short lines, so any run of spaces comes before "=".
+    const openedAt = (i: number, path: RegExp): string | undefined => {
+      const line = lines[i]!;
+      const call = /^(\d+) +openat\(AT_FDCWD, "([^"]*)", /.exec(line);
+      if (call === null || !path.test(call[2]!)) return undefined;
+      const whole = /\)\s+= (\d+)$/.exec(line);
+      if (whole) return whole[1];
+      if (!line.includes('<unfinished')) return undefined;
+      const resumed = lines.find((l, k) => k > i && l.startsWith(`${call[1]} `) && l.includes('<... openat resumed>'));
+      return resumed === undefined ? undefined : /\)\s+= (\d+)/.exec(resumed)?.[1];
+    };
     // The WAL's descriptors: SQLite's (which writes it) and the store's own (which syncs it).
     const walFds = new Set<string>();
-    for (const line of lines) {
-      const m = /openat\(AT_FDCWD, "[^"]*metadata\.db-wal", [^)]*\) = (\d+)/.exec(line);
-      if (m) walFds.add(m[1]!);
-    }
+    lines.forEach((_, i) => {
+      const fd = openedAt(i, /metadata\.db-wal$/);
+      if (fd !== undefined) walFds.add(fd);
+    });
     assert.ok(walFds.size >= 2, `the WAL is opened by SQLite and by the store: ${[...walFds]}`);
     const isWalWrite = (l: string) => { const m = /pwrite64\((\d+),/.exec(l); return m !== null && walFds.has(m[1]!); };
     const syncStart = (l: string) => { const m = /(?:fdatasync|fsync)\((\d+)/.exec(l); return m !== null && walFds.has(m[1]!); };
@@ -209,21 +221,11 @@ test('every mutating call returns only after a sync of the WAL that began after 
     const to = done.get('commit')!;
     const firstRecordWrite = lines.findIndex((l, i) => i > from && i < to && isWalWrite(l));
     assert.ok(firstRecordWrite > from, 'commit wrote its record to the WAL');
-    // The descriptor an openat of the layer's fs dir returned, also when another thread's line split it in two.
-    const openedLayer = (i: number): string | undefined => {
-      const line = lines[i]!;
-      const whole = /openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", [^)]*\) = (\d+)/.exec(line);
-      if (whole) return whole[1];
-      const started = /^(\d+) +openat\(AT_FDCWD, "[^"]*\/snapshots\/1\/fs", .*<unfinished/.exec(line);
-      if (!started) return undefined;
-      const resumed = lines.find((l, k) => k > i && l.startsWith(`${started[1]} `) && l.includes('<... openat resumed>'));
-      return resumed === undefined ? undefined : /\) = (\d+)/.exec(resumed)?.[1];
-    };
     const layerFds = new Set<string>();
     let layerSynced = false;
     for (let i = from + 1; i < firstRecordWrite; i++) {
       const line = lines[i]!;
-      const fd = openedLayer(i);
+      const fd = openedAt(i, /\/snapshots\/1\/fs$/);
       if (fd !== undefined) layerFds.add(fd);
       const synced = /syncfs\((\d+)\)\s+= 0/.exec(line);
       if (synced && layerFds.has(synced[1]!)) layerSynced = true;
