@@ -19,6 +19,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { type DriverRecord, checkDriverRuns, checkGivenDriver, inferDriver, recordDriver, recordedDriver } from './disk/driver.js';
 import { copyTree } from './disk/native.js';
 import { STAGING_PREFIX, StagingPool, moveIntoPlace } from './disk/staging.js';
+import { emptyForReuse } from './disk/recycle.js';
 import { deleteSnapshotDir } from './disk/trash.js';
 import { diskUsage } from './disk/usage.js';
 import { checkSyncable, forgetVolatile, readyVolatile, stampBoot } from './disk/volatile.js';
@@ -611,7 +612,10 @@ export class Snapshotter {
     const dir = snapshotDir(this.settings, row.id);
     this.deleting++;
     try {
-      await deleteSnapshotDir(dir, this.deleting === 1);
+      const alone = this.deleting === 1;
+      // An active snapshot's dir left as it was made goes back to the staging pool (lib/disk/recycle.ts).
+      const reused = row.kind === 'active' && this.settings.driver === 'overlay' && this.pool.adopting && (await emptyForReuse(dir, alone)) && this.pool.adopt(dir);
+      if (!reused) await deleteSnapshotDir(dir, alone);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.
       debug('remove %s: deleting %s failed, left for cleanup: %s', key, dir, (err as Error).message);

@@ -86,6 +86,19 @@ const SCENARIOS: Scenario[] = [
     orphans: ['2'],
   })),
   {
+    // A container dir being recycled into the staging pool (lib/disk/recycle.ts): its file is gone, the dir not yet renamed.
+    point: 'remove:mid-recycle' as const,
+    operation: 'remove' as const,
+    async setup(sn: Snapshotter, root: string) {
+      await base(sn, root);
+      await sn.prepare('victim', 'base');
+      writeFileSync(join(root, 'snapshots', '2', 'fs', 'file'), 'x');
+    },
+    outcomes: { before: ['base', 'victim'], after: ['base'] },
+    afterOpen: ['1', '2'],
+    orphans: ['2'],
+  },
+  {
     point: 'cleanup:mid',
     operation: 'cleanup',
     mode: 'async',
@@ -178,7 +191,7 @@ describe('crash at every fault point', () => {
         await sn.close();
 
         holder = await startHolder(root);
-        assert.equal(holder.dirs.length, 4);
+        assert.equal(holder.dirs.length, 5);
         const result = spawnSync(process.execPath, ['--import', 'tsx', child, root, scenario.operation, scenario.mode ?? ''], {
           env: { ...process.env, [FAULT_ENV]: scenario.point },
           encoding: 'utf8',

@@ -14,7 +14,8 @@
  * cleanup. `close()` removes the pool's dirs. The thread starts at the
  * first prepare, never keeps the process alive, and makes no more dirs after
  * its first error (prepare then stages its own, as it does while none is
- * ready). The thread is staging-worker.ts.
+ * ready). The thread is staging-worker.ts. The dirs of removed snapshots
+ * that recycle.ts found as good as new join the pool too, and go first.
  *
  * Owns the pool's dirs until they are taken, and the placing of a staged
  * dir under its id (moveIntoPlace); never reads the metadata store (the
@@ -27,7 +28,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { errnoOf } from '../kernel/libc.js';
 import { isAlive, selfTag } from '../kernel/liveness.js';
 import { startWorker } from '../kernel/threads.js';
-import { COUNTERS, MADE, type PoolData, STOP, TAKEN } from './staging-slots.cjs';
+import { COUNTERS, MADE, type PoolData, STOP, TAKEN, removePoolDir } from './staging-slots.cjs';
 
 const debug = createDebug('overlay-snapshotter:staging');
 
@@ -36,6 +37,8 @@ export const STAGING_PREFIX = 'new-';
 
 /** Dirs kept ready: a burst of prepares takes them faster than one thread makes them. */
 const POOL_SIZE = 4;
+/** Recycled dirs kept at most (recycle.ts): as many as a burst of removes gives back before the prepares that take them. */
+const RECYCLED_MAX = 32;
 
 const OWNED = /^new-([1-9][0-9]*)\.([0-9]+)-/;
 
@@ -64,6 +67,10 @@ export class StagingPool {
   private base: string | undefined;
   private worker: Worker | null | undefined;
   private exited: Promise<void> | undefined;
+  /** Dirs of removed snapshots renamed into the pool (see {@link adopt}), taken first. */
+  private readonly recycled: string[] = [];
+  private adopted = 0;
+  private closed = false;
 
   /**
    * @param snapshotsDir `<root>/snapshots`.
@@ -76,6 +83,8 @@ export class StagingPool {
 
   /** A ready staging dir, now the caller's, or undefined when none is ready (the first call starts the thread). */
   take(): string | undefined {
+    const recycled = this.recycled.pop();
+    if (recycled !== undefined) return recycled;
     if (this.worker === undefined) this.start();
     if (this.worker === null) return undefined;
     const s = this.counters;
@@ -86,9 +95,34 @@ export class StagingPool {
     return `${this.base}-${taken}`;
   }
 
+  /** Whether {@link adopt} would take a dir now. */
+  get adopting(): boolean {
+    return !this.closed && this.recycled.length < RECYCLED_MAX;
+  }
+
+  /**
+   * Renames `dir`, an emptied snapshot dir that reads exactly as a pool dir
+   * (recycle.ts checked it), into the pool, named as the pool's own so that
+   * cleanup leaves it alone while this process runs. False when the pool
+   * takes no more or the rename fails: the caller then deletes `dir`.
+   */
+  adopt(dir: string): boolean {
+    if (!this.adopting) return false;
+    if (this.worker === undefined) this.start();
+    const name = `${this.base}-r${this.adopted++}`;
+    try {
+      renameSync(dir, name);
+    } catch (err) {
+      debug('not recycling %s: %s', dir, (err as Error).message);
+      return false;
+    }
+    this.recycled.push(name);
+    return true;
+  }
+
   private start(): void {
     const tag = selfTag();
-    this.base = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
+    this.base ??= `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
       const workerData: PoolData = { counters: this.counters.buffer as SharedArrayBuffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean };
       const worker = startWorker(new URL('./staging-worker.cjs', import.meta.url), { workerData });
@@ -106,8 +140,10 @@ export class StagingPool {
     }
   }
 
-  /** Stops the thread, which removes every dir not taken, and waits for it. */
+  /** Stops the thread, which removes every dir not taken, removes the recycled dirs, and waits for it. */
   async close(): Promise<void> {
+    this.closed = true;
+    for (const dir of this.recycled.splice(0)) removePoolDir(dir);
     const exited = this.exited;
     // Waited for: it must keep the event loop alive until then.
     this.worker?.ref();

@@ -15,6 +15,7 @@
  * - `commit:after-transaction`   committed, call not yet returned
  * - `remove:after-record`    record deleted and durable, directory untouched
  * - `remove:mid-delete`      `work` deleted, `fs` and the dir still there
+ * - `remove:mid-recycle`     `work/work` and the upper's files deleted, the dir not yet given to the staging pool
  * - `cleanup:mid`            first orphan deleted, the others claimed but not deleted
  * - `prune:mid`              records removed, first directory deleted, the others not
  *
@@ -30,6 +31,7 @@ export const FAULT_POINTS = [
   'commit:after-transaction',
   'remove:after-record',
   'remove:mid-delete',
+  'remove:mid-recycle',
   'cleanup:mid',
   'prune:mid',
 ] as const;
