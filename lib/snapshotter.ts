@@ -614,7 +614,7 @@ export class Snapshotter {
     try {
       const alone = this.deleting === 1;
       // An active snapshot's dir left as it was made goes back to the staging pool (lib/disk/recycle.ts).
-      const reused = row.kind === 'active' && this.settings.driver === 'overlay' && this.pool.adopting && (await emptyForReuse(dir, alone)) && this.pool.adopt(dir);
+      const reused = row.kind === 'active' && this.settings.driver === 'overlay' && this.pool.adopting && (await emptyForReuse(dir, alone, this.umaskClean)) && this.pool.adopt(dir);
       if (!reused) await deleteSnapshotDir(dir, alone);
     } catch (err) {
       // The record is gone, so the dir is an orphan that cleanup() removes.

@@ -1,13 +1,14 @@
 /**
  * Recycling removed snapshots' dirs (lib/disk/recycle.ts): a container's
- * dir left as it was made goes back to the staging pool and serves the next
- * prepare; anything a container changed that a fresh dir would not have
- * sends it to deletion instead, and a container on a recycled dir sees an
- * empty, plain upper.
+ * dir and its work dir go back to the staging pool on remove and serve the
+ * next prepare, with an upper dir made afresh, so that nothing a container
+ * did to its upper carries over, not even through an overlay that still
+ * holds it in another mount namespace; a dir holding more than a fresh one
+ * is deleted instead.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Snapshotter } from '../../lib/index.js';
 import { llistxattr, lsetxattr } from '../../lib/kernel/xattr.js';
@@ -19,16 +20,16 @@ function recycled(root: string): string[] {
   return readdirSync(`${root}/snapshots`).filter((n) => isOwnPoolDir(n) && /-r\d+$/.test(n));
 }
 
-/** The inode number of a snapshot's dir, by its upper path. */
-function dirInode(upper: string): number {
-  return statSync(`${upper}/..`).ino;
-}
-
 function upperOf(mounts: { options: string[] }[]): string {
   return mounts[0]!.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length);
 }
 
-/** A base layer with one file, and an active on it run once as a container that writes `files`. */
+/** `lsattr -d` flags of a dir. */
+function flags(path: string): string {
+  return execFileSync('lsattr', ['-d', path], { encoding: 'utf8' }).split(' ')[0]!;
+}
+
+/** A base layer with one file (made once), and an active on it run once as a container that writes a file, then `change`. */
 async function ranContainer(sn: Snapshotter, key: string, change?: (target: string, upper: string) => void): Promise<string> {
   if ((await sn.stat('base').catch(() => undefined)) === undefined) {
     const m = await sn.prepare('base-extract');
@@ -44,20 +45,25 @@ async function ranContainer(sn: Snapshotter, key: string, change?: (target: stri
   return upper;
 }
 
-test('an unchanged container dir goes back to the pool on remove and is the next prepare\'s dir, which shows only the parent', mountTestOptions(), async () => {
+test('a container\'s dir goes back to the pool on remove and is the next prepare\'s, with a new, empty upper that shows only the parent', mountTestOptions(), async () => {
   await withSnapshotter(undefined, async (sn, root) => {
     const upper = await ranContainer(sn, 'ctr-1');
-    const ino = dirInode(upper);
-    await sn.remove('ctr-1');
-    assert.equal(existsSync(upper), false, 'the snapshot dir is gone from its place');
+    const dirIno = statSync(`${upper}/..`).ino;
+    const oldUpper = openSync(upper, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      await sn.remove('ctr-1');
+      assert.equal(fstatSync(oldUpper).nlink, 0, 'the old upper dir itself was deleted');
+    } finally {
+      closeSync(oldUpper);
+    }
+    assert.equal(existsSync(`${upper}/..`), false, 'the snapshot dir is gone from its place');
     assert.equal(recycled(root).length, 1, 'it waits in the pool');
     const mounts = await sn.prepare('ctr-2', 'base');
     const next = upperOf(mounts);
-    assert.equal(dirInode(next), ino, 'the next prepare got the recycled dir');
+    assert.equal(statSync(`${next}/..`).ino, dirIno, 'the next prepare got the recycled dir');
     assert.deepEqual(recycled(root), []);
     assert.deepEqual(readdirSync(next), [], 'the upper starts empty');
     assert.deepEqual(readdirSync(`${next}/../work`), [], 'so does the work dir');
-    assert.deepEqual(llistxattr(next), [], 'without the last mount\'s overlay uuid');
     await withMounted(mounts, (target) => {
       assert.deepEqual(readdirSync(target).sort(), ['from-base']);
       writeFileSync(`${target}/again`, 'x');
@@ -67,14 +73,30 @@ test('an unchanged container dir goes back to the pool on remove and is the next
   });
 });
 
-test('a container dir with anything a fresh one lacks is deleted, not recycled', mountTestOptions(), async () => {
+test('nothing a container did to its upper reaches the next container on a recycled dir', mountTestOptions(), async () => {
+  await withSnapshotter(undefined, async (sn, root) => {
+    await ranContainer(sn, 'ctr', (target) => {
+      chmodSync(target, 0o700);
+      lsetxattr(target, 'user.mark', Buffer.from('1'));
+      execFileSync('chattr', ['+S', target]);
+      execFileSync('chown', ['1234:1234', target]);
+    });
+    await sn.remove('ctr');
+    assert.equal(recycled(root).length, 1);
+    const next = upperOf(await sn.prepare('next', 'base'));
+    const st = lstatSync(next);
+    const want = { mode: 0o40755, uid: process.geteuid!(), gid: process.getegid!(), flags: flags(`${next}/../work`) };
+    assert.deepEqual({ mode: st.mode, uid: st.uid, gid: st.gid, flags: flags(next) }, want, 'as the pool makes it (work is never shown to a container)');
+    assert.deepEqual(llistxattr(next), []);
+  });
+});
+
+test('a container dir holding more than a fresh one is deleted, not recycled', mountTestOptions(), async () => {
   const changes: [string, (target: string, upper: string) => void][] = [
     ['a directory in the upper', (target) => mkdirSync(`${target}/etc`)],
-    ['a changed mode on the upper', (target) => chmodSync(target, 0o700)],
-    ['an xattr on the upper', (target) => lsetxattr(target, 'user.mark', Buffer.from('1'))],
-    ['an inode flag on the upper', (target) => execFileSync('chattr', ['+S', target])],
-    ['an owner other than ours', (_target, upper) => execFileSync('chown', ['1234:1234', upper])],
     ['a stray file beside fs and work', (_target, upper) => writeFileSync(`${upper}/../stray`, 'x')],
+    ['a file in work', (_target, upper) => writeFileSync(`${upper}/../work/stray`, 'x')],
+    ['a chown of work', (_target, upper) => execFileSync('chown', ['1234:1234', `${upper}/../work`])],
   ];
   await withSnapshotter(undefined, async (sn, root) => {
     for (const [i, [what, change]] of changes.entries()) {
@@ -87,7 +109,38 @@ test('a container dir with anything a fresh one lacks is deleted, not recycled',
   });
 });
 
-test('views, committed snapshots and asyncRemove never recycle; close() deletes what waits in the pool', mountTestOptions(), async () => {
+test('an overlay still holding a removed container\'s upper in another mount namespace writes nowhere the next container sees', mountTestOptions(), async () => {
+  await withSnapshotter(undefined, async (sn, root) => {
+    await ranContainer(sn, 'warm');
+    await sn.remove('warm');
+    const mounts = await sn.prepare('ctr', 'base');
+    // A process in a mount namespace of its own, made while the container is mounted, working inside it: its copy of
+    // the mount outlives ours (deleting the mount point detaches it there too, but the process's cwd keeps it alive).
+    let holder: ReturnType<typeof spawn> | undefined;
+    try {
+      await withMounted(mounts, async (mounted) => {
+        holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `cd ${mounted} && echo ready && read line; { echo leaked > leak; } 2>/dev/null; echo done`], { stdio: ['pipe', 'pipe', 'inherit'] });
+        await new Promise<void>((resolve) => holder!.stdout!.once('data', () => resolve()));
+      });
+      await sn.remove('ctr');
+      assert.equal(recycled(root).length, 1, 'the dir went back to the pool');
+      const next = upperOf(await sn.prepare('next', 'base'));
+      const h = holder!;
+      const out = new Promise<string>((resolve) => {
+        let text = '';
+        h.stdout!.on('data', (d: Buffer) => (text += d.toString()));
+        h.once('close', () => resolve(text));
+      });
+      h.stdin!.end('go\n');
+      assert.match(await out, /done/, 'the process tried its write');
+      assert.deepEqual(readdirSync(next), [], 'the next container\'s upper did not get it');
+    } finally {
+      holder?.kill();
+    }
+  });
+});
+
+test('views and asyncRemove never recycle; close() deletes what waits in the pool', mountTestOptions(), async () => {
   await withSnapshotter(undefined, async (sn, root) => {
     await ranContainer(sn, 'ctr');
     await sn.view('v', 'base');
