@@ -208,7 +208,8 @@ export async function deleteSnapshotDir(dir: string, alone = true): Promise<void
     (err: unknown) => errnoOf(err) === 'ENOENT',
   );
   // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
-  const workGone = alone ? removeIfEmpty(`${dir}/work`, ['work', 'index']) : await removeEmptyOffThread(`${dir}/work`, ['work', 'index']);
+  // `index` exists only where a mount had index=on: the fallback below tries it when `work` is not empty.
+  const workGone = alone ? removeIfEmpty(`${dir}/work`, ['work']) : await removeEmptyOffThread(`${dir}/work`, ['work']);
   if (!workGone && !removeIfEmpty(`${dir}/work`, VOLATILE_WORK, [VOLATILE_MARK_FILE])) await fse.remove(`${dir}/work`);
   fault('remove:mid-delete');
   if (!(await fsGone) && !(await removeFlat(`${dir}/fs`))) await fse.remove(`${dir}/fs`);

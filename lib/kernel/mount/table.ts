@@ -3,7 +3,7 @@
  * Owns nothing but that: which mounts belong to snapshots is decided in
  * in-use.ts, what mountAll recorded in records.ts.
  */
-import { closeSync, openSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { libc } from '../libc.js';
 
 /** One line of a mountinfo file. */
@@ -66,6 +66,27 @@ type Poll = (fds: Int16Array, nfds: number, timeout: number) => number;
  */
 let watch: { fd: number; ns: string; poll: Poll; fds: Int16Array; text: string | undefined } | null | undefined;
 
+let buffer = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * The whole text of the proc file open as `fd`, read from its start
+ * (positional reads: the kernel makes the text afresh at offset 0), which
+ * saves the open, fstat and close of a readFileSync.
+ */
+function readWhole(fd: number): string {
+  let n = 0;
+  for (;;) {
+    if (n === buffer.length) {
+      const bigger = Buffer.allocUnsafe(buffer.length * 2);
+      buffer.copy(bigger, 0, 0, n);
+      buffer = bigger;
+    }
+    const got = readSync(fd, buffer, n, buffer.length - n, n);
+    if (got === 0) return buffer.toString('utf8', 0, n);
+    n += got;
+  }
+}
+
 /** This process's mountinfo text, reread only after the kernel flagged a change (see above). */
 export function mountTableText(): string {
   const ns = mountNamespace();
@@ -90,8 +111,8 @@ export function mountTableText(): string {
   watch.fds[3] = 0;
   const ready = watch.poll(watch.fds, 1, 0);
   if (ready < 0 || (watch.fds[3]! & (0x2 | 0x8)) !== 0 || watch.text === undefined) {
-    // Changed (POLLPRI|POLLERR), first call, or poll failed: read it afresh.
-    watch.text = readFileSync('/proc/self/mountinfo', 'utf8');
+    // Changed (POLLPRI|POLLERR), first call, or poll failed: read it afresh, through the watched descriptor.
+    watch.text = readWhole(watch.fd);
   }
   return watch.text;
 }
