@@ -19,22 +19,25 @@
  * deleted dir, never into the next container's upper. `work` is never
  * shown to a container; `work/work`, which every mount makes, is deleted.
  *
- * The dir is reused only when it holds `fs` and `work` and nothing else,
- * `work` holds nothing else after `work/work` is gone, both have the
- * modes and owner the staging pool gives them and `work` has no xattr;
- * otherwise (a directory in the upper, a volatile mount's marks, an index
- * dir, a stray file, a chown) the caller deletes it as before (trash.ts).
+ * The dir is reused only when its only subdirs are `fs` and `work`, it
+ * holds no volatile snapshot's boot file, `work` holds no subdir but
+ * `work/work` (which goes), both have the modes and owner the staging pool
+ * gives them and `work` has no xattr; otherwise (a directory in the upper,
+ * a volatile mount's marks, an index dir, a chown) the caller deletes it as
+ * before (trash.ts). A plain file someone put beside `fs` or in `work`
+ * would stay: neither is ever shown to a container.
  * The record is gone by then and the dir belongs to nobody: a crash
  * half-way leaves an orphan that cleanup deletes, or a pool dir of a dead
  * process, which the next open deletes.
  *
  * Owns nothing but the dir it is given; never reads the store.
  */
-import { chmodSync, lstatSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { mkdir, rmdir, unlink } from 'node:fs/promises';
 import { fault } from '../kernel/faults.js';
 import { errnoOf } from '../kernel/libc.js';
 import { llistxattr } from '../kernel/xattr.js';
+import { VOLATILE_BOOT_FILE } from './volatile.js';
 
 /** At most this many files in the upper are unlinked for a reuse; more and the dir is deleted. */
 const FEW_FILES = 16;
@@ -53,10 +56,15 @@ export async function emptyForReuse(dir: string, alone: boolean, umaskClean: boo
   try {
     const fs = `${dir}/fs`;
     const work = `${dir}/work`;
-    if (!sameEntries(readdirSync(dir), ['fs', 'work']) || !madeByPool(dir, 0o700) || !madeByPool(work, 0o711)) return false;
-    // The dir overlayfs makes at each mount; gone already if it never was mounted.
+    // Subdirs show in a dir's link count (2 + subdirs on ext4 and xfs; btrfs says 1: then the dirs are listed).
+    const top = madeByPool(dir, 0o700);
+    const base = madeByPool(work, 0o711);
+    if (top === undefined || base === undefined || statSync(`${dir}/${VOLATILE_BOOT_FILE}`, { throwIfNoEntry: false }) !== undefined) return false;
+    if (top === 1 ? !sameEntries(readdirSync(dir), ['fs', 'work']) : top !== 4) return false;
+    // `work/work`, which overlayfs makes at each mount (absent if it never was mounted), is all `work` may hold.
+    if (base !== 1 && base !== 2 && base !== 3) return false;
     await gone(`${work}/work`, alone);
-    if (readdirSync(work).length !== 0 || llistxattr(work).length !== 0) return false;
+    if ((base === 1 && readdirSync(work).length !== 0) || llistxattr(work).length !== 0) return false;
     const files = readdirSync(fs, { withFileTypes: true });
     if (files.length > FEW_FILES || files.some((e) => e.isDirectory())) return false;
     if (alone && files.length <= 1) for (const e of files) unlinkSync(`${fs}/${e.name}`);
@@ -87,8 +95,8 @@ function sameEntries(names: string[], want: readonly string[]): boolean {
   return names.length === want.length && want.every((n) => names.includes(n));
 }
 
-/** Whether `path` is a dir with `mode` and this process's owner, as the staging pool makes it. */
-function madeByPool(path: string, mode: number): boolean {
+/** The link count of `path` when it is a dir with `mode` and this process's owner, as the staging pool makes it; else undefined. */
+function madeByPool(path: string, mode: number): number | undefined {
   const st = lstatSync(path);
-  return st.isDirectory() && (st.mode & 0o7777) === mode && st.uid === euid && st.gid === egid;
+  return st.isDirectory() && (st.mode & 0o7777) === mode && st.uid === euid && st.gid === egid ? st.nlink : undefined;
 }

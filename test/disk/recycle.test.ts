@@ -11,6 +11,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Snapshotter } from '../../lib/index.js';
+import { VOLATILE_BOOT_FILE } from '../../lib/disk/volatile.js';
 import { llistxattr, lsetxattr } from '../../lib/kernel/xattr.js';
 import { isOwnPoolDir, snapshotEntries, withMounted, withSnapshotter } from '../helpers/fixtures.js';
 import { mountTestOptions } from '../helpers/require-mount.js';
@@ -94,8 +95,9 @@ test('nothing a container did to its upper reaches the next container on a recyc
 test('a container dir holding more than a fresh one is deleted, not recycled', mountTestOptions(), async () => {
   const changes: [string, (target: string, upper: string) => void][] = [
     ['a directory in the upper', (target) => mkdirSync(`${target}/etc`)],
-    ['a stray file beside fs and work', (_target, upper) => writeFileSync(`${upper}/../stray`, 'x')],
-    ['a file in work', (_target, upper) => writeFileSync(`${upper}/../work/stray`, 'x')],
+    ['a volatile snapshot\'s boot file beside fs and work', (_target, upper) => writeFileSync(`${upper}/../${VOLATILE_BOOT_FILE}`, 'x')],
+    ['a dir beside fs and work', (_target, upper) => mkdirSync(`${upper}/../extra`)],
+    ['an index dir in work', (_target, upper) => mkdirSync(`${upper}/../work/index`)],
     ['a chown of work', (_target, upper) => execFileSync('chown', ['1234:1234', `${upper}/../work`])],
   ];
   await withSnapshotter(undefined, async (sn, root) => {
