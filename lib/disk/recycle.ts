@@ -62,9 +62,9 @@ export async function emptyForReuse(dir: string, alone: boolean, umaskClean: boo
     if (top === undefined || base === undefined || statSync(`${dir}/${VOLATILE_BOOT_FILE}`, { throwIfNoEntry: false }) !== undefined) return false;
     if (top === 1 ? !sameEntries(readdirSync(dir), ['fs', 'work']) : top !== 4) return false;
     // `work/work`, which overlayfs makes at each mount (absent if it never was mounted), is all `work` may hold.
-    if (base !== 1 && base !== 2 && base !== 3) return false;
+    if (base > 3) return false;
     await gone(`${work}/work`, alone);
-    if ((base === 1 && readdirSync(work).length !== 0) || llistxattr(work).length !== 0) return false;
+    if ((base === 1 ? readdirSync(work).length !== 0 : base === 3 && lstatSync(work).nlink !== 2) || llistxattr(work).length !== 0) return false;
     const files = readdirSync(fs, { withFileTypes: true });
     if (files.length > FEW_FILES || files.some((e) => e.isDirectory())) return false;
     if (alone && files.length <= 1) for (const e of files) unlinkSync(`${fs}/${e.name}`);

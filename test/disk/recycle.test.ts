@@ -98,6 +98,7 @@ test('a container dir holding more than a fresh one is deleted, not recycled', m
     ['a volatile snapshot\'s boot file beside fs and work', (_target, upper) => writeFileSync(`${upper}/../${VOLATILE_BOOT_FILE}`, 'x')],
     ['a dir beside fs and work', (_target, upper) => mkdirSync(`${upper}/../extra`)],
     ['an index dir in work', (_target, upper) => mkdirSync(`${upper}/../work/index`)],
+    ['an index dir in place of work/work', (_target, upper) => execFileSync('mv', [`${upper}/../work/work`, `${upper}/../work/index`])],
     ['a chown of work', (_target, upper) => execFileSync('chown', ['1234:1234', `${upper}/../work`])],
   ];
   await withSnapshotter(undefined, async (sn, root) => {
