@@ -32,11 +32,13 @@
  *
  * Owns nothing but the dir it is given; never reads the store.
  */
-import { chmodSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
-import { mkdir, rmdir, unlink } from 'node:fs/promises';
+import { lstatSync, readdirSync, rmdirSync, statSync } from 'node:fs';
+import { rmdir } from 'node:fs/promises';
 import { fault } from '../kernel/faults.js';
 import { errnoOf } from '../kernel/libc.js';
 import { llistxattr } from '../kernel/xattr.js';
+import { DIR_MODE, WORK_MODE, makeUpperDir } from './staging-slots.cjs';
+import { removeFlat } from './trash.js';
 import { VOLATILE_BOOT_FILE } from './volatile.js';
 
 /** At most this many files in the upper are unlinked for a reuse; more and the dir is deleted. */
@@ -47,33 +49,27 @@ const egid = process.getegid?.();
 
 /**
  * Empties the removed snapshot's dir `dir` back to a fresh staging dir
- * (its `fs` made anew, 0755 whatever the umask when `umaskClean` is false),
- * and returns whether it now is one (false: the caller deletes it; what
- * was emptied so far is gone either way). The waits on discards run on the
- * thread pool unless `alone` (the caller's only deletion).
+ * (its `fs` made anew, as the pool makes it), and returns whether it now is
+ * one (false: the caller deletes it; what was emptied so far is gone
+ * either way). The waits on discards run on the thread pool unless `alone`
+ * (the caller's only deletion).
  */
 export async function emptyForReuse(dir: string, alone: boolean, umaskClean: boolean): Promise<boolean> {
   try {
     const fs = `${dir}/fs`;
     const work = `${dir}/work`;
     // Subdirs show in a dir's link count (2 + subdirs on ext4 and xfs; btrfs says 1: then the dirs are listed).
-    const top = madeByPool(dir, 0o700);
-    const base = madeByPool(work, 0o711);
+    const top = madeByPool(dir, DIR_MODE);
+    const base = madeByPool(work, WORK_MODE);
     if (top === undefined || base === undefined || statSync(`${dir}/${VOLATILE_BOOT_FILE}`, { throwIfNoEntry: false }) !== undefined) return false;
     if (top === 1 ? !sameEntries(readdirSync(dir), ['fs', 'work']) : top !== 4) return false;
     // `work/work`, which overlayfs makes at each mount (absent if it never was mounted), is all `work` may hold.
     if (base > 3) return false;
-    await gone(`${work}/work`, alone);
-    if ((base === 1 ? readdirSync(work).length !== 0 : base === 3 && lstatSync(work).nlink !== 2) || llistxattr(work).length !== 0) return false;
-    const files = readdirSync(fs, { withFileTypes: true });
-    if (files.length > FEW_FILES || files.some((e) => e.isDirectory())) return false;
-    if (alone && files.length <= 1) for (const e of files) unlinkSync(`${fs}/${e.name}`);
-    else await Promise.all(files.map((e) => unlink(`${fs}/${e.name}`)));
-    await gone(fs, alone);
+    const removed = await gone(`${work}/work`, alone);
+    if ((base === 1 ? readdirSync(work).length !== 0 : base === 3 && !removed) || llistxattr(work).length !== 0) return false;
+    if (!(await removeFlat(fs, FEW_FILES, alone))) return false;
     fault('remove:mid-recycle');
-    if (alone) mkdirSync(fs, 0o755);
-    else await mkdir(fs, 0o755);
-    if (!umaskClean) chmodSync(fs, 0o755);
+    makeUpperDir(fs, umaskClean);
     return true;
   } catch (err) {
     if (errnoOf(err) === undefined) throw err;
@@ -81,13 +77,15 @@ export async function emptyForReuse(dir: string, alone: boolean, umaskClean: boo
   }
 }
 
-/** rmdir(2) of `path`, on this thread when `alone`; a missing dir counts as gone. */
-async function gone(path: string, alone: boolean): Promise<void> {
+/** rmdir(2) of `path`, on this thread when `alone`: true when it removed it, false when it was not there. */
+async function gone(path: string, alone: boolean): Promise<boolean> {
   try {
     if (alone) rmdirSync(path);
     else await rmdir(path);
+    return true;
   } catch (err) {
     if (errnoOf(err) !== 'ENOENT') throw err;
+    return false;
   }
 }
 

@@ -24,12 +24,22 @@ export interface PoolData {
   umaskClean: boolean;
 }
 
+/** The modes of a staging dir, its `fs` and its `work`. */
+export const DIR_MODE = 0o700;
+export const FS_MODE = 0o755;
+export const WORK_MODE = 0o711;
+
 /** Makes an empty active-snapshot staging dir: the dir 0700, `fs` 0755, `work` 0711. */
 export function makePoolDir(dir: string, umaskClean: boolean): void {
-  mkdirSync(dir, 0o700);
-  mkdirSync(`${dir}/fs`, 0o755);
-  if (!umaskClean) chmodSync(`${dir}/fs`, 0o755);
-  mkdirSync(`${dir}/work`, 0o711);
+  mkdirSync(dir, DIR_MODE);
+  makeUpperDir(`${dir}/fs`, umaskClean);
+  mkdirSync(`${dir}/work`, WORK_MODE);
+}
+
+/** Makes an empty upper dir `fs`, {@link FS_MODE} whatever the umask. */
+export function makeUpperDir(fs: string, umaskClean: boolean): void {
+  mkdirSync(fs, FS_MODE);
+  if (!umaskClean) chmodSync(fs, FS_MODE);
 }
 
 /** Removes what {@link makePoolDir} made of `dir`, ignoring what is not there. */

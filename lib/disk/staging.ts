@@ -64,7 +64,7 @@ export function livePoolDirs(): (name: string) => boolean {
 /** Empty active-snapshot staging dirs (`fs` 0755, `work` 0711), made ahead by a helper thread. */
 export class StagingPool {
   private readonly counters = new Int32Array(new SharedArrayBuffer(COUNTERS * Int32Array.BYTES_PER_ELEMENT));
-  private base: string | undefined;
+  private name: string | undefined;
   private worker: Worker | null | undefined;
   private exited: Promise<void> | undefined;
   /** Dirs of removed snapshots renamed into the pool (see {@link adopt}), taken first. */
@@ -108,7 +108,6 @@ export class StagingPool {
    */
   adopt(dir: string): boolean {
     if (!this.adopting) return false;
-    if (this.worker === undefined) this.start();
     const name = `${this.base}-r${this.adopted++}`;
     try {
       renameSync(dir, name);
@@ -120,9 +119,16 @@ export class StagingPool {
     return true;
   }
 
+  /** What the pool's dirs are named after: `new-<pid>.<start>-<uuid>`, this process's (see {@link livePoolDirs}). */
+  private get base(): string {
+    if (this.name === undefined) {
+      const tag = selfTag();
+      this.name = `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
+    }
+    return this.name;
+  }
+
   private start(): void {
-    const tag = selfTag();
-    this.base ??= `${this.snapshotsDir}/${STAGING_PREFIX}${tag.pid}.${tag.start ?? 0}-${uuidv4()}`;
     try {
       const workerData: PoolData = { counters: this.counters.buffer as SharedArrayBuffer, base: this.base, size: POOL_SIZE, umaskClean: this.umaskClean };
       const worker = startWorker(new URL('./staging-worker.cjs', import.meta.url), { workerData });

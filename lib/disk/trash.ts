@@ -232,16 +232,23 @@ async function removeEmptyOffThread(dir: string, children: readonly string[]): P
 const FLAT = 64;
 
 /**
- * Deletes `dir` when it holds only a few files and no directory (what a
+ * Deletes `dir` when it holds at most `max` files and no directory (what a
  * short-lived container writes): one listing, then every unlink(2) on the
  * thread pool at once, then rmdir(2), so that their waits on discards
- * overlap; false when `dir` holds more or a directory (or anything fails),
- * for the caller's recursive removal.
+ * overlap; with `alone` (the caller's only deletion) a single file and the
+ * rmdir go on this thread, where a thread-pool round trip would cost more.
+ * False when `dir` holds more or a directory (or anything fails), for the
+ * caller's recursive removal.
  */
-async function removeFlat(dir: string): Promise<boolean> {
+export async function removeFlat(dir: string, max = FLAT, alone = false): Promise<boolean> {
   try {
     const entries = readdirSync(dir, { withFileTypes: true });
-    if (entries.length > FLAT || entries.some((e) => e.isDirectory())) return false;
+    if (entries.length > max || entries.some((e) => e.isDirectory())) return false;
+    if (alone && entries.length <= 1) {
+      for (const e of entries) unlinkSync(`${dir}/${e.name}`);
+      rmdirSync(dir);
+      return true;
+    }
     await Promise.all(entries.map((e) => unlink(`${dir}/${e.name}`)));
     await rmdir(dir);
     return true;
