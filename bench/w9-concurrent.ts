@@ -6,6 +6,14 @@
  * processes × 4 callers on one root, and for C = 1, 2, 4, 8, 16, 32 in one
  * process; beside them, the serial W2 fan-out on the same filesystem.
  *
+ * The floor of each caller count is the same cycle done with the bare
+ * syscalls on as many threads (bench/bare-concurrent.ts), run in turn with
+ * ours (the order alternates run by run), each in a fresh dir. The 4 × 4
+ * case is set beside the 16-thread floor. The bare figure of the best
+ * thread count is given too: past a few threads on a machine with few CPUs
+ * the bare syscalls slow each other down, and a floor that falls with more
+ * callers would flatter ours.
+ *
  * Every call is durable as always (it returns once its record is synced);
  * calls in flight together share the syncs (group commit).
  *
@@ -23,27 +31,14 @@
  */
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Snapshotter } from '../lib/index.js';
-import { type Context, type WorkloadResult, dropRoot, freshRoot, metric, open, rate, sized, syncAll, upperOf } from './common.js';
+import { type Calls, bareBurst, now } from './bare-concurrent.js';
+import { type Context, type WorkloadResult, dropRoot, floorOf, freshRoot, metric, open, rate, sized, syncAll, upperOf } from './common.js';
 import { chain, fanOut } from './w2-fanout.js';
 
 const PAYLOAD = Buffer.alloc(4096, 0x39);
-
-/** What callers in one process did: per-call latencies and intervals on a clock shared by processes. */
-interface Calls {
-  /** [start, end] of every prepare, ms since the epoch (fractional). */
-  prepare: [number, number][];
-  remove: [number, number][];
-  /** First start and last end of any call, same clock. */
-  start: number;
-  end: number;
-}
-
-/** Milliseconds since the epoch with sub-millisecond precision, comparable across processes. */
-const now = (): number => performance.timeOrigin + performance.now();
 
 /** Runs `callers` loops of `n` cycles each on `sn` over the parent `top`; keys are unique per `tag`. */
 async function burst(sn: Snapshotter, top: string, callers: number, n: number, tag: string): Promise<Calls> {
@@ -183,17 +178,39 @@ async function child(argv: string[]): Promise<void> {
   process.stdin.destroy();
 }
 
+/** The bare floor (bench/bare-concurrent.ts) for `callers` threads × `n` cycles, in a fresh dir of its own. */
+async function bareFigures(ctx: Context, callers: number, n: number): Promise<Figures> {
+  const base = freshRoot(ctx, 'w9-bare');
+  const f = figures(await bareBurst(base, callers, n));
+  syncAll();
+  return f;
+}
+
 export default async function w9(ctx: Context): Promise<WorkloadResult> {
   const n = sized(ctx, 200);
   const m = sized(ctx, 2000);
   const sweep = [1, 2, 4, 8, 16, 32];
   const one: Figures[] = [];
+  const bare: Figures[] = [];
   const multi: Figures[] = [];
   const serial: { prepare: number; remove: number }[] = [];
-  const scaling = new Map<number, Figures[]>(sweep.map((c) => [c, []]));
+  const scaling = new Map<number, { ours: Figures[]; bare: Figures[] }>(sweep.map((c) => [c, { ours: [], bare: [] }]));
   for (let run = 0; run < ctx.runs; run++) {
-    const f = await withRoot(ctx, 'w9', async (sn, top) => figures([await burst(sn, top, 16, n, 'ctr')]));
+    // Ours and the bare floor take turns, in an order that alternates run by run.
+    const pair = async <T>(a: () => Promise<T>, b: () => Promise<T>): Promise<[T, T]> => {
+      if (run % 2 === 0) {
+        const x = await a();
+        return [x, await b()];
+      }
+      const y = await b();
+      return [await a(), y];
+    };
+    const [f, fb] = await pair(
+      () => withRoot(ctx, 'w9', async (sn, top) => figures([await burst(sn, top, 16, n, 'ctr')])),
+      () => bareFigures(ctx, 16, n),
+    );
     one.push(f);
+    bare.push(fb);
     const mp = await withRoot(ctx, 'w9-mp', async (_sn, top, root) => figures(await multiProcess(root, top, 4, 4, n)));
     multi.push(mp);
     const s = await withRoot(ctx, 'w9-w2', async (sn, top) => {
@@ -203,48 +220,74 @@ export default async function w9(ctx: Context): Promise<WorkloadResult> {
     serial.push(s);
     await withRoot(ctx, 'w9-sweep', async (sn, top) => {
       for (const c of sweep) {
-        scaling.get(c)!.push(figures([await burst(sn, top, c, n, `c${c}-`)]));
-        syncAll();
+        const [o, b] = await pair(
+          async () => {
+            const r = figures([await burst(sn, top, c, n, `c${c}-`)]);
+            syncAll();
+            return r;
+          },
+          () => bareFigures(ctx, c, n),
+        );
+        scaling.get(c)!.ours.push(o);
+        scaling.get(c)!.bare.push(b);
       }
     });
     ctx.log(
       `  run ${run + 1}: 16 callers ${f.prepares.toFixed(0)} prepares/s, ${f.removes.toFixed(0)} removes/s, ${f.cycles.toFixed(0)} cycles/s ` +
-        `(p99 prepare ${f.prepareP99.toFixed(2)} ms, remove ${f.removeP99.toFixed(2)} ms); 4×4: ${mp.prepares.toFixed(0)} / ${mp.removes.toFixed(0)}; ` +
-        `serial W2 ${s.prepare.toFixed(0)} / ${s.remove.toFixed(0)}; by callers: ${sweep.map((c) => `${c}: ${scaling.get(c)!.at(-1)!.cycles.toFixed(0)}`).join(', ')} cycles/s`,
+        `(p99 prepare ${f.prepareP99.toFixed(2)} ms, remove ${f.removeP99.toFixed(2)} ms); bare 16 threads ${fb.prepares.toFixed(0)} / ${fb.removes.toFixed(0)}, ` +
+        `${fb.cycles.toFixed(0)} cycles/s (p99 ${fb.prepareP99.toFixed(2)} / ${fb.removeP99.toFixed(2)} ms); 4×4: ${mp.prepares.toFixed(0)} / ${mp.removes.toFixed(0)}; ` +
+        `serial W2 ${s.prepare.toFixed(0)} / ${s.remove.toFixed(0)}; by callers (ours / bare): ` +
+        `${sweep.map((c) => `${c}: ${scaling.get(c)!.ours.at(-1)!.cycles.toFixed(0)} / ${scaling.get(c)!.bare.at(-1)!.cycles.toFixed(0)}`).join(', ')} cycles/s`,
     );
   }
   const pick = (fs: Figures[], k: keyof Figures) => fs.map((f) => f[k]);
-  const ms = (id: string, label: string, samples: number[], goal?: number) =>
-    metric(ctx, { id, label, unit: 'ms', samples, ...(goal === undefined ? {} : { goal: { cmp: '<=' as const, value: goal } }) });
+  const BARE = 'bare syscalls, 16 threads (bench/bare-concurrent.ts)';
+  const floor = (label: string, fs: Figures[], k: keyof Figures) => ({ floor: floorOf(label, pick(fs, k)) });
+  const ms = (id: string, label: string, samples: number[], extra: { goal?: number; floor?: ReturnType<typeof floorOf> } = {}) =>
+    metric(ctx, {
+      id,
+      label,
+      unit: 'ms',
+      samples,
+      ...(extra.goal === undefined ? {} : { goal: { cmp: '<=' as const, value: extra.goal } }),
+      ...(extra.floor === undefined ? {} : { floor: extra.floor }),
+    });
   return {
     id: 'W9',
     name: 'many callers',
     size: { callers: 16, cycles: n, parentDepth: 10, processes: 4, w2M: m },
     runs: ctx.runs,
     metrics: [
-      metric(ctx, { id: 'W9.prepare', label: 'prepares/s, 16 callers', unit: 'ops/s', samples: pick(one, 'prepares'), goal: { cmp: '>=', value: 8000 } }),
-      metric(ctx, { id: 'W9.remove', label: 'removes/s, 16 callers', unit: 'ops/s', samples: pick(one, 'removes'), goal: { cmp: '>=', value: 4000 } }),
-      metric(ctx, { id: 'W9.cycles', label: 'cycles/s, 16 callers (wall)', unit: 'ops/s', samples: pick(one, 'cycles') }),
-      ms('W9.prepare.p50', 'prepare p50, 16 callers', pick(one, 'prepareP50')),
-      ms('W9.prepare.p99', 'prepare p99, 16 callers', pick(one, 'prepareP99'), 5),
-      ms('W9.remove.p50', 'remove p50, 16 callers', pick(one, 'removeP50')),
-      ms('W9.remove.p99', 'remove p99, 16 callers', pick(one, 'removeP99'), 5),
-      metric(ctx, { id: 'W9mp.prepare', label: 'prepares/s, 4 processes × 4', unit: 'ops/s', samples: pick(multi, 'prepares'), goal: { cmp: '>=', value: 5600 } }),
-      metric(ctx, { id: 'W9mp.remove', label: 'removes/s, 4 processes × 4', unit: 'ops/s', samples: pick(multi, 'removes'), goal: { cmp: '>=', value: 2800 } }),
-      metric(ctx, { id: 'W9mp.cycles', label: 'cycles/s, 4 processes × 4 (wall)', unit: 'ops/s', samples: pick(multi, 'cycles') }),
-      ms('W9mp.prepare.p99', 'prepare p99, 4 processes × 4', pick(multi, 'prepareP99'), 5),
-      ms('W9mp.remove.p99', 'remove p99, 4 processes × 4', pick(multi, 'removeP99'), 5),
+      metric(ctx, { id: 'W9.prepare', label: 'prepares/s, 16 callers', unit: 'ops/s', samples: pick(one, 'prepares'), goal: { cmp: '>=', value: 8000 }, ...floor(BARE, bare, 'prepares') }),
+      metric(ctx, { id: 'W9.remove', label: 'removes/s, 16 callers', unit: 'ops/s', samples: pick(one, 'removes'), goal: { cmp: '>=', value: 4000 }, ...floor(BARE, bare, 'removes') }),
+      metric(ctx, { id: 'W9.cycles', label: 'cycles/s, 16 callers (wall)', unit: 'ops/s', samples: pick(one, 'cycles'), ...floor(BARE, bare, 'cycles') }),
+      ms('W9.prepare.p50', 'prepare p50, 16 callers', pick(one, 'prepareP50'), floor(BARE, bare, 'prepareP50')),
+      ms('W9.prepare.p99', 'prepare p99, 16 callers', pick(one, 'prepareP99'), { goal: 5, ...floor(BARE, bare, 'prepareP99') }),
+      ms('W9.remove.p50', 'remove p50, 16 callers', pick(one, 'removeP50'), floor(BARE, bare, 'removeP50')),
+      ms('W9.remove.p99', 'remove p99, 16 callers', pick(one, 'removeP99'), { goal: 5, ...floor(BARE, bare, 'removeP99') }),
+      metric(ctx, { id: 'W9mp.prepare', label: 'prepares/s, 4 processes × 4', unit: 'ops/s', samples: pick(multi, 'prepares'), goal: { cmp: '>=', value: 5600 }, ...floor(BARE, bare, 'prepares') }),
+      metric(ctx, { id: 'W9mp.remove', label: 'removes/s, 4 processes × 4', unit: 'ops/s', samples: pick(multi, 'removes'), goal: { cmp: '>=', value: 2800 }, ...floor(BARE, bare, 'removes') }),
+      metric(ctx, { id: 'W9mp.cycles', label: 'cycles/s, 4 processes × 4 (wall)', unit: 'ops/s', samples: pick(multi, 'cycles'), ...floor(BARE, bare, 'cycles') }),
+      ms('W9mp.prepare.p99', 'prepare p99, 4 processes × 4', pick(multi, 'prepareP99'), { goal: 5 }),
+      ms('W9mp.remove.p99', 'remove p99, 4 processes × 4', pick(multi, 'removeP99'), { goal: 5 }),
+      metric(ctx, {
+        id: 'W9.bare.best',
+        label: 'bare syscalls, best thread count: cycles/s',
+        unit: 'ops/s',
+        samples: bare.map((_, r) => Math.max(...sweep.map((c) => scaling.get(c)!.bare[r]!.cycles))),
+      }),
       metric(ctx, { id: 'W9.w2.prepare', label: 'serial W2 prepare/s, same run', unit: 'ops/s', samples: serial.map((s) => s.prepare) }),
       metric(ctx, { id: 'W9.w2.remove', label: 'serial W2 remove/s, same run', unit: 'ops/s', samples: serial.map((s) => s.remove) }),
       ...sweep.flatMap((c) => {
-        const fs = scaling.get(c)!;
+        const { ours, bare: b } = scaling.get(c)!;
         const who = `${c} caller${c === 1 ? '' : 's'}`;
+        const label = `bare syscalls, ${c} thread${c === 1 ? '' : 's'}`;
         return [
-          metric(ctx, { id: `W9.c${c}.prepare`, label: `${who}: prepares/s`, unit: 'ops/s', samples: pick(fs, 'prepares') }),
-          metric(ctx, { id: `W9.c${c}.remove`, label: `${who}: removes/s`, unit: 'ops/s', samples: pick(fs, 'removes') }),
-          metric(ctx, { id: `W9.c${c}.cycles`, label: `${who}: cycles/s (wall)`, unit: 'ops/s', samples: pick(fs, 'cycles') }),
-          ms(`W9.c${c}.prepare.p99`, `${who}: prepare p99`, pick(fs, 'prepareP99')),
-          ms(`W9.c${c}.remove.p99`, `${who}: remove p99`, pick(fs, 'removeP99')),
+          metric(ctx, { id: `W9.c${c}.prepare`, label: `${who}: prepares/s`, unit: 'ops/s', samples: pick(ours, 'prepares'), ...floor(label, b, 'prepares') }),
+          metric(ctx, { id: `W9.c${c}.remove`, label: `${who}: removes/s`, unit: 'ops/s', samples: pick(ours, 'removes'), ...floor(label, b, 'removes') }),
+          metric(ctx, { id: `W9.c${c}.cycles`, label: `${who}: cycles/s (wall)`, unit: 'ops/s', samples: pick(ours, 'cycles'), ...floor(label, b, 'cycles') }),
+          ms(`W9.c${c}.prepare.p99`, `${who}: prepare p99`, pick(ours, 'prepareP99'), floor(label, b, 'prepareP99')),
+          ms(`W9.c${c}.remove.p99`, `${who}: remove p99`, pick(ours, 'removeP99'), floor(label, b, 'removeP99')),
         ];
       }),
     ],
