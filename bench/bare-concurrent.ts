@@ -51,6 +51,7 @@ const SYNCING = 2; // 1 while a thread syncs
 const SLOT = 3; // the next WAL slot
 const GO = 4; // 1 once every thread may start
 const READY = 5; // threads waiting for GO
+const SYNCS = 6; // fdatasyncs made
 
 interface Job {
   bareW9: true;
@@ -71,6 +72,7 @@ function commit(state: Int32Array, fd: number, page: Buffer): void {
       const upTo = Atomics.load(state, WRITTEN);
       if (Atomics.load(state, SYNCED) < seq) {
         fdatasyncSync(fd);
+        Atomics.add(state, SYNCS, 1);
         Atomics.store(state, SYNCED, upTo);
       }
       Atomics.store(state, SYNCING, 0);
@@ -119,12 +121,21 @@ function runThread(job: Job): Calls {
   }
 }
 
+/** What a burst of bare cycles did. */
+export interface BareBurst {
+  /** Each thread's calls. */
+  calls: Calls[];
+  /** Commits made (two a cycle) and the syncs that made them durable. */
+  commits: number;
+  syncs: number;
+}
+
 /**
  * Runs `callers` threads of `n` bare cycles each under `base` (made if
  * missing: `<base>/snapshots`, `<base>/wal`), started together; returns
- * what each thread did.
+ * what they did. Every snapshot dir is gone again at the end.
  */
-export async function bareBurst(base: string, callers: number, n: number): Promise<Calls[]> {
+export async function bareBurst(base: string, callers: number, n: number): Promise<BareBurst> {
   const snapshots = `${base}/snapshots`;
   const wal = `${base}/wal`;
   mkdirSync(snapshots, { recursive: true });
@@ -157,7 +168,8 @@ export async function bareBurst(base: string, callers: number, n: number): Promi
     }
     Atomics.store(state, GO, 1);
     Atomics.notify(state, GO);
-    return await Promise.all(results);
+    const calls = await Promise.all(results);
+    return { calls, commits: Atomics.load(state, WRITTEN), syncs: Atomics.load(state, SYNCS) };
   } finally {
     await Promise.allSettled(workers.map((w) => w.terminate()));
   }

@@ -181,7 +181,7 @@ async function child(argv: string[]): Promise<void> {
 /** The bare floor (bench/bare-concurrent.ts) for `callers` threads × `n` cycles, in a fresh dir of its own. */
 async function bareFigures(ctx: Context, callers: number, n: number): Promise<Figures> {
   const base = freshRoot(ctx, 'w9-bare');
-  const f = figures(await bareBurst(base, callers, n));
+  const f = figures((await bareBurst(base, callers, n)).calls);
   syncAll();
   return f;
 }

@@ -1,15 +1,17 @@
 /**
  * Smoke test of the benchmark runner (bench/run.ts): a --quick run of two
  * cheap workloads writes the JSON report and prints the table, and one of
- * W8 (root) reports its floor, the bare cycle. Only the shape is checked;
- * benchmarks are not tests, and their figures are not.
+ * W8 (root) reports its floor, the bare cycle. W9's floor, the bare cycle on
+ * many threads (bench/bare-concurrent.ts), is run on its own, small. Only
+ * the shape is checked; benchmarks are not tests, and their figures are not.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { bareBurst } from '../bench/bare-concurrent.js';
 import { removeTree, tempDir } from './helpers/fixtures.js';
 import { assertCanMount, mountTestOptions } from './helpers/require-mount.js';
 
@@ -113,6 +115,30 @@ test('bench W8 --quick reports each phase of each variant beside the bare cycle 
     assert.match(r.stdout, /\| +\| unmount \(median cycle\) \[ms\] +\| +[\d.]+ ms \| +[\d.]+ ms \| +[\d.]+× \|/);
     // Nothing is left mounted below the roots.
     assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(dir), 'nothing left mounted');
+  } finally {
+    await removeTree(dir);
+  }
+});
+
+test("W9's floor runs every thread's bare cycles, shares the commits' syncs among them and leaves no snapshot dir", async () => {
+  const dir = tempDir('ovl-bench-test-');
+  try {
+    const threads = 4;
+    const n = 12;
+    const before = Date.now();
+    const r = await bareBurst(dir, threads, n);
+    assert.equal(r.calls.length, threads);
+    for (const c of r.calls) {
+      assert.equal(c.prepare.length, n);
+      assert.equal(c.remove.length, n);
+      // Each cycle's prepare ends before its remove starts, on a clock shared with this thread.
+      c.prepare.forEach(([s, e], i) => assert.ok(s >= before && s <= e && e <= c.remove[i]![0], `call ${i}: ${s}..${e}`));
+      assert.ok(c.start <= c.prepare[0]![0] && c.end >= c.remove.at(-1)![1]);
+    }
+    assert.equal(r.commits, 2 * threads * n, 'two commits a cycle');
+    assert.ok(r.syncs >= 1 && r.syncs <= r.commits, `${r.syncs} syncs for ${r.commits} commits`);
+    assert.deepEqual(readdirSync(join(dir, 'snapshots')), [], 'every snapshot dir is gone');
+    assert.ok(existsSync(join(dir, 'wal')));
   } finally {
     await removeTree(dir);
   }
