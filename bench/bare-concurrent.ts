@@ -43,6 +43,8 @@ export const now = (): number => performance.timeOrigin + performance.now();
 const PAGE = 4096;
 const WAL_SLOTS = 256;
 const PAYLOAD = Buffer.alloc(PAGE, 0x39);
+/** What each commit writes into the WAL stand-in. */
+const WAL_PAGE = Buffer.alloc(PAGE, 0x57);
 
 /** Slots of the shared state (an Int32Array over a SharedArrayBuffer). */
 const WRITTEN = 0; // commits whose WAL write has ended
@@ -63,8 +65,8 @@ interface Job {
 }
 
 /** A store commit's disk work: 4 KiB into the WAL stand-in, then a share of a sync that began after it. */
-function commit(state: Int32Array, fd: number, page: Buffer): void {
-  writeSync(fd, page, 0, PAGE, (Atomics.add(state, SLOT, 1) % WAL_SLOTS) * PAGE);
+function commit(state: Int32Array, fd: number): void {
+  writeSync(fd, WAL_PAGE, 0, PAGE, (Atomics.add(state, SLOT, 1) % WAL_SLOTS) * PAGE);
   // Counted once written: a sync that reads WRITTEN >= seq began after this write.
   const seq = Atomics.add(state, WRITTEN, 1) + 1;
   while (Atomics.load(state, SYNCED) < seq) {
@@ -87,7 +89,6 @@ function commit(state: Int32Array, fd: number, page: Buffer): void {
 function runThread(job: Job): Calls {
   const state = new Int32Array(job.state);
   const fd = openSync(job.wal, 'r+');
-  const page = Buffer.alloc(PAGE, 0x57);
   try {
     Atomics.add(state, READY, 1);
     Atomics.notify(state, READY);
@@ -101,12 +102,12 @@ function runThread(job: Job): Calls {
       mkdirSync(`${staging}/work`, 0o711);
       const dir = `${job.snapshots}/${job.thread}-${i}`;
       renameSync(staging, dir);
-      commit(state, fd, page);
+      commit(state, fd);
       let u = now();
       calls.prepare.push([t, u]);
       writeFileSync(`${dir}/fs/data`, PAYLOAD);
       t = now();
-      commit(state, fd, page);
+      commit(state, fd);
       unlinkSync(`${dir}/fs/data`);
       rmdirSync(`${dir}/work`);
       rmdirSync(`${dir}/fs`);

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Snapshotter, unmountAll, type Mount, type SnapshotterOptions } from '../lib/index.js';
+import { Snapshotter, unmountAll, type SnapshotterOptions } from '../lib/index.js';
 
 /** What every workload gets from the runner. */
 export interface Context {
@@ -171,15 +171,7 @@ export function open(root: string, options: SnapshotterOptions = {}): Promise<Sn
   return Snapshotter.open(root, options);
 }
 
-/** The upper (writable) directory of an active snapshot's mount spec: the bind source, or `upperdir=`. */
-export function upperOf(mounts: readonly Mount[]): string {
-  const m = mounts[0];
-  if (m === undefined) throw new Error('no mount');
-  if (m.type === 'bind') return m.source;
-  const opt = m.options.find((o) => o.startsWith('upperdir='));
-  if (opt === undefined) throw new Error(`no upperdir in ${JSON.stringify(m)}`);
-  return opt.slice('upperdir='.length);
-}
+export { upperOf } from '../test/helpers/fixtures.js';
 
 /** A deterministic pseudo-random generator, so that every run does the same work. */
 export { prng as rng } from '../test/helpers/prng.js';

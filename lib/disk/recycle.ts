@@ -32,13 +32,12 @@
  *
  * Owns nothing but the dir it is given; never reads the store.
  */
-import { lstatSync, readdirSync, rmdirSync, statSync } from 'node:fs';
-import { rmdir } from 'node:fs/promises';
+import { lstatSync, readdirSync, statSync } from 'node:fs';
 import { fault } from '../kernel/faults.js';
 import { errnoOf } from '../kernel/libc.js';
 import { llistxattr } from '../kernel/xattr.js';
 import { DIR_MODE, WORK_MODE, makeUpperDir } from './staging-slots.cjs';
-import { removeFlat } from './trash.js';
+import { removeFlat, tryRmdir } from './trash.js';
 import { VOLATILE_BOOT_FILE } from './volatile.js';
 
 /** At most this many files in the upper are unlinked for a reuse; more and the dir is deleted. */
@@ -65,26 +64,17 @@ export async function emptyForReuse(dir: string, alone: boolean, umaskClean: boo
     if (top === 1 ? !sameEntries(readdirSync(dir), ['fs', 'work']) : top !== 4) return false;
     // `work/work`, which overlayfs makes at each mount (absent if it never was mounted), is all `work` may hold.
     if (base > 3) return false;
-    const removed = await gone(`${work}/work`, alone);
-    if ((base === 1 ? readdirSync(work).length !== 0 : base === 3 && !removed) || llistxattr(work).length !== 0) return false;
+    const workWork = await tryRmdir(`${work}/work`, alone);
+    if (workWork === 'failed') return false;
+    // `work` must be empty now: btrfs lists it; elsewhere its one subdir (link count 3) must have been `work/work`.
+    if (base === 1 ? readdirSync(work).length !== 0 : base === 3 && workWork !== 'removed') return false;
+    if (llistxattr(work).length !== 0) return false;
     if (!(await removeFlat(fs, FEW_FILES, alone))) return false;
     fault('remove:mid-recycle');
     makeUpperDir(fs, umaskClean);
     return true;
   } catch (err) {
     if (errnoOf(err) === undefined) throw err;
-    return false;
-  }
-}
-
-/** rmdir(2) of `path`, on this thread when `alone`: true when it removed it, false when it was not there. */
-async function gone(path: string, alone: boolean): Promise<boolean> {
-  try {
-    if (alone) rmdirSync(path);
-    else await rmdir(path);
-    return true;
-  } catch (err) {
-    if (errnoOf(err) !== 'ENOENT') throw err;
     return false;
   }
 }

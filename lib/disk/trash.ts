@@ -203,10 +203,7 @@ function removeWithRm(dir: string): Promise<'gone' | 'unusable' | 'failed'> {
  *   leaves the dir to cleanup().
  */
 export async function deleteSnapshotDir(dir: string, alone = true): Promise<void> {
-  const fsGone = rmdir(`${dir}/fs`).then(
-    () => true,
-    (err: unknown) => errnoOf(err) === 'ENOENT',
-  );
+  const fsGone = tryRmdir(`${dir}/fs`).then((r) => r !== 'failed');
   // A volatile snapshot's dirs also hold the kernel's mark and the boot file (volatile.ts): tried only when the plain way fails.
   // `index` exists only where a mount had index=on: the fallback below tries it when `work` is not empty.
   const workGone = alone ? removeIfEmpty(`${dir}/work`, ['work']) : await removeEmptyOffThread(`${dir}/work`, ['work']);
@@ -219,13 +216,24 @@ export async function deleteSnapshotDir(dir: string, alone = true): Promise<void
 
 /** {@link removeIfEmpty} without files, its rmdirs on the thread pool (the children's at once). */
 async function removeEmptyOffThread(dir: string, children: readonly string[]): Promise<boolean> {
-  const gone = (path: string) =>
-    rmdir(path).then(
-      () => true,
-      (err: unknown) => errnoOf(err) === 'ENOENT',
-    );
+  const gone = async (path: string) => (await tryRmdir(path)) !== 'failed';
   if (!(await Promise.all(children.map((child) => gone(`${dir}/${child}`)))).every(Boolean)) return false;
   return gone(dir);
+}
+
+/**
+ * rmdir(2) of `path`, on this thread when `onThread`, else on the thread
+ * pool: 'removed', 'absent' when there was nothing to remove (ENOENT), or
+ * 'failed' on any other error (not empty, a mount point, a permission).
+ */
+export async function tryRmdir(path: string, onThread = false): Promise<'removed' | 'absent' | 'failed'> {
+  try {
+    if (onThread) rmdirSync(path);
+    else await rmdir(path);
+    return 'removed';
+  } catch (err) {
+    return errnoOf(err) === 'ENOENT' ? 'absent' : 'failed';
+  }
 }
 
 /** At most this many entries are unlinked at once by {@link removeFlat}; more go to the recursive removal. */

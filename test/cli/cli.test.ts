@@ -13,17 +13,10 @@ import { before, describe, test } from 'node:test';
 import { Snapshotter, chainIds, unmountAll, type Mount } from '../../lib/index.js';
 import { createProgram } from '../../lib/cli/program.js';
 import { cli, cliAt, gzip, inTerminal, json, makeLayer, sha256, tarNames, terminalSkipReason, type CliResult } from '../helpers/cli.js';
-import { isMounted, removeTree, tempDir } from '../helpers/fixtures.js';
+import { isMounted, removeTree, tempDir, upperOf } from '../helpers/fixtures.js';
 import { OWNER_LABEL, ownerValue, parseOwner } from '../../lib/layers/index.js';
 import { formatOwner } from '../../lib/model/owner.js';
 import { assertPrerequisite, mountTestOptions, prerequisiteOptions } from '../helpers/require-mount.js';
-
-/** The directory an active snapshot's writes go to, from its mount spec (public API only). */
-function upperOf(mounts: Mount[]): string {
-  const m = mounts[0]!;
-  if (m.type === 'bind') return m.source;
-  return m.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length);
-}
 
 /** Commits `name` on `parent` holding a file `data` of `bytes` bytes. */
 async function layer(sn: Snapshotter, name: string, parent?: string, labels?: Record<string, string>, bytes = 8192): Promise<void> {

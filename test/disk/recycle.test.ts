@@ -13,16 +13,12 @@ import { test } from 'node:test';
 import type { Snapshotter } from '../../lib/index.js';
 import { VOLATILE_BOOT_FILE } from '../../lib/disk/volatile.js';
 import { llistxattr, lsetxattr } from '../../lib/kernel/xattr.js';
-import { isOwnPoolDir, snapshotEntries, withMounted, withSnapshotter } from '../helpers/fixtures.js';
+import { isOwnPoolDir, snapshotEntries, upperOf, withMounted, withSnapshotter } from '../helpers/fixtures.js';
 import { mountTestOptions } from '../helpers/require-mount.js';
 
 /** The pool's recycled dirs (named `...-r<n>`) under the root. */
 function recycled(root: string): string[] {
   return readdirSync(`${root}/snapshots`).filter((n) => isOwnPoolDir(n) && /-r\d+$/.test(n));
-}
-
-function upperOf(mounts: { options: string[] }[]): string {
-  return mounts[0]!.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length);
 }
 
 /** `lsattr -d` flags of a dir. */

@@ -26,6 +26,16 @@ export function snapshotEntries(root: string): string[] {
   return readdirSync(`${root}/snapshots`).filter((n) => !isOwnPoolDir(n)).sort();
 }
 
+/** The upper (writable) directory of an active snapshot's mount spec: the bind source, or `upperdir=`. */
+export function upperOf(mounts: readonly Mount[]): string {
+  const m = mounts[0];
+  if (m === undefined) throw new Error('no mount');
+  if (m.type === 'bind') return m.source;
+  const opt = m.options.find((o) => o.startsWith('upperdir='));
+  if (opt === undefined) throw new Error(`no upperdir in ${JSON.stringify(m)}`);
+  return opt.slice('upperdir='.length);
+}
+
 /** Makes a fresh temp dir; `extra` lengthens its path (for long-root tests). */
 export function tempDir(prefix = 'ovl-snap-', extra = ''): string {
   const base = mkdtempSync(join(tmpdir(), prefix));

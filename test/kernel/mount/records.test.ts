@@ -13,11 +13,11 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlink
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { Snapshotter, mountAll, unmountAll, type Mount } from '../../../lib/index.js';
+import { Snapshotter, mountAll, unmountAll } from '../../../lib/index.js';
 import { STRATEGY_ENV } from '../../../lib/kernel/mount/index.js';
 import { setMountApiProbe } from '../../../lib/kernel/mount/overlay.js';
 import { RECORDS_DIR } from '../../../lib/kernel/mount/records.js';
-import { isMounted, removeTree, tempDir } from '../../helpers/fixtures.js';
+import { isMounted, removeTree, tempDir, upperOf } from '../../helpers/fixtures.js';
 import { mountTestOptions } from '../../helpers/require-mount.js';
 
 const CHILD = new URL('../../helpers/mount-user-child.ts', import.meta.url).pathname;
@@ -137,10 +137,6 @@ const REFUSED = (target: string) => (err: Error & { code?: string }) => {
   assert.ok(err.message.includes(target), `names the mount point ${target}: ${err.message}`);
   return true;
 };
-
-function upperOf(mounts: Mount[]): string {
-  return mounts[0]!.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length);
-}
 
 describe('never delete through a mount, whatever form the layers were named in', mountTestOptions(), () => {
   let top = '';
